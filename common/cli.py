@@ -1,0 +1,82 @@
+"""The ``keepa-fleet`` command. Each subcommand lives with its owner and exposes
+``add_arguments(parser)`` and ``run(args) -> exit code``:
+
+==========  =======================  =================================================
+command     module                   what it does
+==========  =======================  =================================================
+sim         ``sim.cli``              the simulated Keepa API on 127.0.0.1
+broker      ``broker.cli``           the broker: token ledger, permits, worker registry
+worker      ``workers.cli``          one worker process of the pipeline
+status      ``broker.status_cli``    ask the broker for the live state
+run         ``common.run``           the whole fleet under supervisord, in the foreground
+keys        ``broker.keys``          create CURVE key pairs for non-loopback brokers
+==========  =======================  =================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from common.errors import ConfigError, FleetError
+from common.log import setup_logging
+
+# Named exit codes.
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_NO_ANSWER = 2  # status: the broker did not answer in time (also argparse usage errors)
+EXIT_CONFIG = 78  # sysexits EX_CONFIG: bad settings; supervisord should not loop on it
+EXIT_INTERRUPTED = 130
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "sim": ("sim.cli", "run the simulated Keepa API (for the demo and the tests)"),
+    "broker": ("broker.cli", "run the broker: token ledger, permits, worker registry"),
+    "worker": ("workers.cli", "run one worker process of the deals pipeline"),
+    "status": ("broker.status_cli", "show the broker's live state"),
+    "run": ("common.run", "run the whole fleet under supervisord in the foreground"),
+    "keys": ("broker.keys", "create CURVE key pairs for a broker on a non-loopback address"),
+}
+
+log = logging.getLogger("keepa_fleet")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keepa-fleet",
+        description="Many worker processes sharing one Keepa API account through one token "
+        "broker.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML settings file (default: "
+                        "$FLEET_CONFIG, else ./fleet.toml when present)")
+    parser.add_argument("--log-level", default=None, metavar="LEVEL",
+                        help="DEBUG, INFO, WARNING or ERROR (default: $FLEET_LOG_LEVEL or INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return int(args._module.run(args) or EXIT_OK)
+    except ConfigError as exc:
+        print(f"keepa-fleet {args.command}: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except FleetError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The whole wire format between the broker, the workers and the status tool.
+
+Every message is one ZeroMQ frame (a DEALER sends ``[payload]``; the broker's ROUTER sees
+``[identity, payload]``). The payload is msgpack: ``[VERSION, TYPE, {field: value}]``.
+msgpack is used here, in ``encode``/``decode``, and nowhere else. Anything that does not
+decode into one of the message classes below raises ``ProtocolError`` with a code:
+
+======================  ==============================================================
+code                    meaning
+======================  ==============================================================
+``too_large``           the frame is over ``MAX_MESSAGE_BYTES``
+``bad_msgpack``         the bytes are not msgpack
+``bad_envelope``        not a 3-element list ``[version, type, fields]``
+``bad_version``         another protocol version
+``unknown_type``        no such message type
+``bad_fields``          a missing, unknown or wrongly typed field
+======================  ==============================================================
+
+Messages (direction, meaning):
+
+==================  ==================  ==============================================
+type                direction           meaning
+==================  ==================  ==============================================
+``HELLO``           worker -> broker    register (or register again after a reconnect)
+``WELCOME``         broker -> worker    registered; the broker's timing settings
+``HEARTBEAT``       both ways           liveness; the worker's carries its progress
+``REQUEST``         worker -> broker    ask for a permit to spend ``cost`` tokens
+``GRANT``           broker -> worker    the permit, valid for ``lease_ttl_s``
+``REJECT``          broker -> worker    the request will never be granted
+``CANCEL``          worker -> broker    the requester stopped waiting for ``seq``
+``SETTLE``          worker -> broker    the Keepa call is over; its token envelope
+``BYE``             worker -> broker    the worker leaves (SIGTERM, end of work)
+``KILL``            broker -> worker    die now (a worker on another host)
+``DISCONNECT``      broker -> peer      the broker does not know you: HELLO again
+``STATUS``          tool -> broker      ask for the whole live state
+``STATUS_REPLY``    broker -> tool      the live state as a dict
+``ERROR``           broker -> peer      a bad message was received (and counted)
+==================  ==================  ==============================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, ClassVar, Union
+
+import msgpack
+
+from common.errors import ProtocolError
+
+VERSION = 1
+# Largest frame the broker accepts from a peer. A STATUS_REPLY may be larger: decode() of
+# replies is called with a larger limit by the status tool.
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """Base of all messages; subclasses set TYPE and declare their fields."""
+
+    TYPE: ClassVar[str] = ""
+
+    def encode(self) -> bytes:
+        return encode(self)
+
+
+# --- worker -> broker -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Hello(Message):
+    TYPE: ClassVar[str] = "HELLO"
+    worker_id: str
+    pid: int
+    host: str
+    # Process start time as reported by common.procinfo.process_start_time(pid): clock ticks
+    # since boot on Linux. Compared only on the same host, before any signal is sent.
+    start_time: int
+    role: str
+    version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Heartbeat(Message):
+    TYPE: ClassVar[str] = "HEARTBEAT"
+    # Advanced only by the worker's work loop; frozen progress while not waiting = stalled.
+    progress: int = 0
+    # True while the work loop waits on the broker (a REQUEST is outstanding).
+    waiting: bool = False
+    stage: str = ""
+    items_done: int = 0
+    # Free-form figures the worker wants shown in status (pipeline totals, feed staleness).
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request(Message):
+    TYPE: ClassVar[str] = "REQUEST"
+    # Per-worker sequence number; a retried (worker, seq) gets the same answer.
+    seq: int
+    cost: int
+    priority: int = 0
+    # How long the requester will wait for a grant, in seconds from when it sent this.
+    deadline_s: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Cancel(Message):
+    TYPE: ClassVar[str] = "CANCEL"
+    seq: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Settle(Message):
+    TYPE: ClassVar[str] = "SETTLE"
+    permit: str
+    # "ok": Keepa answered 2xx; "http_error": Keepa answered with an error status (the
+    # envelope, if any, is attached); "timeout"/"connection_error"/"error": the outcome is
+    # unknown, the cost is assumed spent; "not_sent": the request never left the worker.
+    status: str
+    envelope: dict[str, Any] | None = None
+    http_status: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Bye(Message):
+    TYPE: ClassVar[str] = "BYE"
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Status(Message):
+    TYPE: ClassVar[str] = "STATUS"
+
+
+# --- broker -> peer ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Welcome(Message):
+    TYPE: ClassVar[str] = "WELCOME"
+    broker_id: str
+    heartbeat_s: float
+    liveness: int
+    lease_ttl_s: float
+    # The largest cost the account can ever grant (cap + max_deficit); 0 = not known yet.
+    max_cost: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Grant(Message):
+    TYPE: ClassVar[str] = "GRANT"
+    seq: int
+    permit: str
+    cost: int
+    lease_ttl_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Reject(Message):
+    TYPE: ClassVar[str] = "REJECT"
+    seq: int
+    # "deadline", "too_large" (see max_cost), "draining", "queue_full", "bad_cost", ...
+    reason: str
+    max_cost: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Kill(Message):
+    TYPE: ClassVar[str] = "KILL"
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Disconnect(Message):
+    TYPE: ClassVar[str] = "DISCONNECT"
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusReply(Message):
+    TYPE: ClassVar[str] = "STATUS_REPLY"
+    state: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Error(Message):
+    TYPE: ClassVar[str] = "ERROR"
+    code: str
+    detail: str = ""
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Heartbeat,
+        Request,
+        Cancel,
+        Settle,
+        Bye,
+        Status,
+        Welcome,
+        Grant,
+        Reject,
+        Kill,
+        Disconnect,
+        StatusReply,
+        Error,
+    )
+}
+
+
+# --- encode / decode --------------------------------------------------------------------
+
+
+def encode(message: Message) -> bytes:
+    """Serialize a message into one frame."""
+    fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+    return msgpack.packb([VERSION, message.TYPE, fields], use_bin_type=True)
+
+
+def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Parse one frame into a message; anything else raises ProtocolError (never another)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError("bad_envelope", f"frame is {type(data).__name__}, not bytes")
+    if len(data) > max_bytes:
+        raise ProtocolError("too_large", f"{len(data)} bytes > {max_bytes}")
+    try:
+        obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError("bad_msgpack", f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(obj, list) or len(obj) != 3:
+        raise ProtocolError("bad_envelope", "expected [version, type, fields]")
+    version, type_, fields = obj
+    if version != VERSION or isinstance(version, bool):
+        raise ProtocolError("bad_version", f"version {version!r}, this side speaks {VERSION}")
+    if not isinstance(type_, str) or type_ not in MESSAGE_TYPES:
+        raise ProtocolError("unknown_type", f"type {type_!r}"[:200])
+    if not isinstance(fields, dict):
+        raise ProtocolError("bad_fields", f"{type_}: fields are not a map")
+    cls = MESSAGE_TYPES[type_]
+    schema = _schema(cls)
+    unknown = set(fields) - set(schema)
+    if unknown:
+        raise ProtocolError("bad_fields", f"{type_}: unknown fields {sorted(map(str, unknown))}")
+    kwargs: dict[str, Any] = {}
+    for name, (expected, required) in schema.items():
+        if name not in fields:
+            if required:
+                raise ProtocolError("bad_fields", f"{type_}: missing field {name!r}")
+            continue
+        value = fields[name]
+        if not _matches(value, expected):
+            raise ProtocolError(
+                "bad_fields", f"{type_}.{name}: {type(value).__name__} is not {expected}"
+            )
+        kwargs[name] = float(value) if expected == (float,) else value
+    return cls(**kwargs)
+
+
+# Which Python types a field accepts, and whether it is required, per message class.
+_SCHEMAS: dict[type[Message], dict[str, tuple[tuple[type, ...], bool]]] = {}
+
+
+def _schema(cls: type[Message]) -> dict[str, tuple[tuple[type, ...], bool]]:
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        hints = typing.get_type_hints(cls)
+        schema = {}
+        for f in dataclasses.fields(cls):
+            required = (
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            )
+            schema[f.name] = (_accepted_types(hints[f.name]), required)
+        _SCHEMAS[cls] = schema
+    return schema
+
+
+def _accepted_types(hint: Any) -> tuple[type, ...]:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        out: tuple[type, ...] = ()
+        for arg in typing.get_args(hint):
+            out += _accepted_types(arg)
+        return out
+    if hint is type(None):
+        return (type(None),)
+    if origin is not None:
+        return (origin,)
+    if hint is float:
+        return (float,)
+    return (hint,)
+
+
+def _matches(value: Any, accepted: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in accepted
+    if isinstance(value, int) and float in accepted:
+        return True
+    return isinstance(value, accepted)

@@ -1,0 +1,109 @@
+"""Helpers shared by every test tier: free ports, waiting on conditions, owned subprocesses.
+
+Nothing here sleeps in place of a condition: ``wait_until`` polls a predicate until a deadline
+and fails with a message when the deadline passes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    *,
+    interval: float = 0.02,
+    message: str | Callable[[], str] = "condition",
+) -> T:
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds.
+
+    Exceptions raised by the predicate count as "not yet" until the deadline, then re-raise.
+    """
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+            last_exc = None
+        except Exception as exc:  # not ready yet
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            if last_exc is not None:
+                raise AssertionError(f"timed out after {timeout}s waiting for {text}") from last_exc
+            raise AssertionError(f"timed out after {timeout}s waiting for {text}")
+        time.sleep(interval)
+
+
+def fleet_command(*args: str) -> list[str]:
+    """The ``keepa-fleet`` command line, run with this interpreter."""
+    return [sys.executable, "-m", "common.cli", *args]
+
+
+class Processes:
+    """Subprocesses a test starts; ``stop_all`` terminates and reaps every one of them."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
+              **kwargs: Any) -> subprocess.Popen[bytes]:
+        full_env = dict(os.environ)
+        full_env.setdefault("PYTHONUNBUFFERED", "1")
+        full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+        if env:
+            full_env.update(env)
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the proc
+        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                cwd=kwargs.pop("cwd", ROOT), start_new_session=True, **kwargs)
+        log.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+                _signal_group(proc, signal.SIGCONT)
+        deadline = time.monotonic() + grace
+        for _, proc in self.procs:
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                proc.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(timeout=5)
+        self.procs.clear()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
