@@ -32,9 +32,11 @@ class BrokerUnavailable(FleetError):
 class PermitRejected(FleetError):
     """The broker answered a permit request with REJECT."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, max_cost: int = 0) -> None:
         super().__init__(f"permit rejected: {reason}")
         self.reason = reason
+        # With reason "too_large": the largest cost the account can ever grant.
+        self.max_cost = max_cost
 
 
 class PermitTimeout(FleetError):
