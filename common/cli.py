@@ -46,13 +46,19 @@ log = logging.getLogger("keepa_fleet")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keepa-fleet",
-        description="Many worker processes sharing one Keepa API account through one token "
-        "broker.",
+        description="Many worker processes sharing one Keepa API account through one token broker.",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML settings file (default: "
-                        "$FLEET_CONFIG, else ./fleet.toml when present)")
-    parser.add_argument("--log-level", default=None, metavar="LEVEL",
-                        help="DEBUG, INFO, WARNING or ERROR (default: $FLEET_LOG_LEVEL or INFO)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML settings file (default: $FLEET_CONFIG, else ./fleet.toml when present)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (default: $FLEET_LOG_LEVEL or INFO)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)

@@ -28,9 +28,16 @@ SIM_DEFAULT_PORT = 8787
 SIM_DEMO_KEY = "simulated-demo-key"
 
 
-def _field(default: Any, help: str, *, env: str | None = None, lo: float | None = None,
-           hi: float | None = None, choices: tuple[str, ...] | None = None,
-           secret: bool = False) -> Any:
+def _field(
+    default: Any,
+    help: str,
+    *,
+    env: str | None = None,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    secret: bool = False,
+) -> Any:
     meta = {"help": help, "env": env, "lo": lo, "hi": hi, "choices": choices, "secret": secret}
     if isinstance(default, dict):
         return dataclasses.field(default_factory=lambda: dict(default), metadata=meta)
@@ -39,46 +46,69 @@ def _field(default: Any, help: str, *, env: str | None = None, lo: float | None 
 
 @dataclasses.dataclass(frozen=True)
 class KeepaSettings:
-    api_key: str = _field("", "Keepa API key; empty runs on the embedded simulator",
-                          env="KEEPA_API_KEY", secret=True)
-    base_url: str = _field("", "Keepa API base URL; empty means https://api.keepa.com with a "
-                           "key, else the local simulator", env="KEEPA_BASE_URL")
+    api_key: str = _field(
+        "", "Keepa API key; empty runs on the embedded simulator", env="KEEPA_API_KEY", secret=True
+    )
+    base_url: str = _field(
+        "",
+        "Keepa API base URL; empty means https://api.keepa.com with a "
+        "key, else the local simulator",
+        env="KEEPA_BASE_URL",
+    )
     domain: int = _field(1, "Amazon domain id (1 com, 2 co.uk, 3 de, ...)", lo=1, hi=12)
     connect_timeout_s: float = _field(5.0, "HTTP connect timeout, seconds", lo=0.05, hi=120)
-    read_timeout_s: float = _field(60.0, "HTTP read timeout, seconds (offer calls take up to "
-                                   "20 s)", lo=0.05, hi=600)
-    refill_period_s: float = _field(60.0, "Keepa's refill step, seconds (60 on Keepa)",
-                                    env="KEEPA_REFILL_PERIOD_S", lo=0.05, hi=3600)
+    read_timeout_s: float = _field(
+        60.0, "HTTP read timeout, seconds (offer calls take up to 20 s)", lo=0.05, hi=600
+    )
+    refill_period_s: float = _field(
+        60.0,
+        "Keepa's refill step, seconds (60 on Keepa)",
+        env="KEEPA_REFILL_PERIOD_S",
+        lo=0.05,
+        hi=3600,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class BrokerSettings:
-    address: str = _field("tcp://127.0.0.1:5555", "broker ZeroMQ address (bind for the "
-                          "broker, connect for workers and status)", env="FLEET_BROKER")
+    address: str = _field(
+        "tcp://127.0.0.1:5555",
+        "broker ZeroMQ address (bind for the broker, connect for workers and status)",
+        env="FLEET_BROKER",
+    )
     heartbeat_s: float = _field(1.0, "heartbeat interval H, seconds", lo=0.01, hi=60)
     liveness: int = _field(5, "heartbeats missed before a worker counts as dead", lo=2, hi=100)
-    stall_s: float = _field(180.0, "progress frozen this long while not waiting on the "
-                            "broker = stalled, seconds", lo=0.1, hi=86400)
+    stall_s: float = _field(
+        180.0,
+        "progress frozen this long while not waiting on the broker = stalled, seconds",
+        lo=0.1,
+        hi=86400,
+    )
     kill_grace_s: float = _field(5.0, "SIGTERM to SIGKILL grace, seconds", lo=0.05, hi=600)
-    lease_ttl_s: float = _field(150.0, "permit lease; unsettled after this = expired, "
-                                "seconds", lo=0.1, hi=3600)
-    soft_floor: int = _field(20, "a grant that takes available below this starts recharge",
-                             lo=0, hi=1_000_000)
-    resume_at: int = _field(60, "recharge ends when available reaches this (clamped to the "
-                            "cap)", lo=0, hi=1_000_000)
-    max_deficit: int = _field(0, "how far below zero a grant may take available", lo=0,
-                              hi=1_000_000)
-    sync_min_interval_s: float = _field(1.0, "never call /token more often than this, "
-                                        "seconds", lo=0.0, hi=3600)
-    sync_gap_s: float = _field(300.0, "sync when the newest observation is older than this, "
-                               "seconds", lo=0.1, hi=86400)
-    short_wait_s: float = _field(5.0, "sync before telling a requester to wait longer than "
-                                 "this, seconds", lo=0.0, hi=3600)
+    lease_ttl_s: float = _field(
+        150.0, "permit lease; unsettled after this = expired, seconds", lo=0.1, hi=3600
+    )
+    soft_floor: int = _field(
+        20, "a grant that takes available below this starts recharge", lo=0, hi=1_000_000
+    )
+    resume_at: int = _field(
+        60, "recharge ends when available reaches this (clamped to the cap)", lo=0, hi=1_000_000
+    )
+    max_deficit: int = _field(
+        0, "how far below zero a grant may take available", lo=0, hi=1_000_000
+    )
+    sync_min_interval_s: float = _field(
+        1.0, "never call /token more often than this, seconds", lo=0.0, hi=3600
+    )
+    sync_gap_s: float = _field(
+        300.0, "sync when the newest observation is older than this, seconds", lo=0.1, hi=86400
+    )
+    short_wait_s: float = _field(
+        5.0, "sync before telling a requester to wait longer than this, seconds", lo=0.0, hi=3600
+    )
     max_workers: int = _field(1000, "registered workers at most", lo=1, hi=100_000)
-    max_queued_per_worker: int = _field(8, "queued requests per worker at most", lo=1,
-                                        hi=10_000)
-    metrics_port: int = _field(0, "Prometheus metrics port on 127.0.0.1; 0 = off", lo=0,
-                               hi=65535)
+    max_queued_per_worker: int = _field(8, "queued requests per worker at most", lo=1, hi=10_000)
+    metrics_port: int = _field(0, "Prometheus metrics port on 127.0.0.1; 0 = off", lo=0, hi=65535)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,47 +118,61 @@ class WorkerSettings:
     ingest_batch: int = _field(50, "candidates peeked per /product call", lo=1, hi=100)
     commit_batch: int = _field(5, "survivors committed per full-data call", lo=1, hi=100)
     refresh_batch: int = _field(50, "stalest deals refreshed per call", lo=1, hi=100)
-    claim_ttl_s: float = _field(600.0, "a claim not finished in this time comes back, "
-                                "seconds", lo=1, hi=86400)
-    refresh_after_s: float = _field(3600.0, "a deal older than this is due a refresh, "
-                                    "seconds", lo=0, hi=30 * 86400)
-    deals_interval_s: float = _field(60.0, "pause between /deal scans when nothing is new, "
-                                     "seconds", lo=0.0, hi=86400)
-    stale_feed_s: float = _field(86400.0, "warn when the newest deal is older than this, "
-                                 "seconds", lo=1, hi=30 * 86400)
-    grant_wait_s: float = _field(600.0, "how long a worker waits for a grant, seconds", lo=0.1,
-                                 hi=86400)
-    cost_per_product: float = _field(5.0, "initial estimate of tokens per product for "
-                                     "offers=20", lo=0.1, hi=1000)
+    claim_ttl_s: float = _field(
+        600.0, "a claim not finished in this time comes back, seconds", lo=1, hi=86400
+    )
+    refresh_after_s: float = _field(
+        3600.0, "a deal older than this is due a refresh, seconds", lo=0, hi=30 * 86400
+    )
+    deals_interval_s: float = _field(
+        60.0, "pause between /deal scans when nothing is new, seconds", lo=0.0, hi=86400
+    )
+    stale_feed_s: float = _field(
+        86400.0, "warn when the newest deal is older than this, seconds", lo=1, hi=30 * 86400
+    )
+    grant_wait_s: float = _field(
+        600.0, "how long a worker waits for a grant, seconds", lo=0.1, hi=86400
+    )
+    cost_per_product: float = _field(
+        5.0, "initial estimate of tokens per product for offers=20", lo=0.1, hi=1000
+    )
     offers: int = _field(20, "offers=N for peeks and commits (20..100)", lo=20, hi=100)
     stats_days: int = _field(90, "stats=N days", lo=1, hi=3650)
-    reconnect_max_s: float = _field(30.0, "cap of the reconnect backoff, seconds", lo=0.1,
-                                    hi=3600)
+    reconnect_max_s: float = _field(30.0, "cap of the reconnect backoff, seconds", lo=0.1, hi=3600)
 
 
 @dataclasses.dataclass(frozen=True)
 class FilterSettings:
-    max_sales_rank: int = _field(200_000, "reject when the sales rank is above this", lo=1,
-                                 hi=10**9)
-    min_drop_percent: float = _field(15.0, "reject when the price is less than this far "
-                                     "below its 90-day average, percent", lo=0, hi=100)
-    min_profit: int = _field(300, "reject when the estimated profit is below this, smallest "
-                             "currency unit", lo=-(10**9), hi=10**9)
-    max_offers: int = _field(30, "reject when more competing new offers than this", lo=0,
-                             hi=10_000)
-    fee_percent: float = _field(15.0, "marketplace fee used by the profit estimate, percent",
-                                lo=0, hi=100)
+    max_sales_rank: int = _field(
+        200_000, "reject when the sales rank is above this", lo=1, hi=10**9
+    )
+    min_drop_percent: float = _field(
+        15.0,
+        "reject when the price is less than this far below its 90-day average, percent",
+        lo=0,
+        hi=100,
+    )
+    min_profit: int = _field(
+        300,
+        "reject when the estimated profit is below this, smallest currency unit",
+        lo=-(10**9),
+        hi=10**9,
+    )
+    max_offers: int = _field(30, "reject when more competing new offers than this", lo=0, hi=10_000)
+    fee_percent: float = _field(
+        15.0, "marketplace fee used by the profit estimate, percent", lo=0, hi=100
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class SimSettings:
     port: int = _field(SIM_DEFAULT_PORT, "simulator port on 127.0.0.1", lo=0, hi=65535)
     refill_rate: int = _field(20, "simulated plan, tokens per refill", lo=1, hi=100_000)
-    tokens: int = _field(-1, "simulated starting balance; -1 = full (60 x rate)",
-                         lo=-(10**9), hi=10**9)
+    tokens: int = _field(
+        -1, "simulated starting balance; -1 = full (60 x rate)", lo=-(10**9), hi=10**9
+    )
     seed: int = _field(1, "catalog seed", lo=0, hi=2**31)
-    latency_scale: float = _field(1.0, "multiplies Keepa-like latency; 0 = none", lo=0,
-                                  hi=100)
+    latency_scale: float = _field(1.0, "multiplies Keepa-like latency; 0 = none", lo=0, hi=100)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,8 +244,9 @@ def load_settings(
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
     unknown_sections = set(data) - set(SECTIONS)
     if unknown_sections:
-        raise ConfigError(sorted(unknown_sections)[0],
-                          f"unknown section in {path}; known: {', '.join(SECTIONS)}")
+        raise ConfigError(
+            sorted(unknown_sections)[0], f"unknown section in {path}; known: {', '.join(SECTIONS)}"
+        )
     overrides = dict(overrides or {})
     sections: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
@@ -276,17 +321,21 @@ def _coerce(name: str, f: dataclasses.Field[Any], raw: Any, origin: str) -> Any:
 def _check_consistency(s: Settings) -> None:
     addr = s.broker.address
     if not addr.startswith(("tcp://", "ipc://", "inproc://")):
-        raise ConfigError("broker.address", f"{addr!r} is not a ZeroMQ address "
-                          "(tcp://HOST:PORT or ipc://PATH)")
+        raise ConfigError(
+            "broker.address", f"{addr!r} is not a ZeroMQ address (tcp://HOST:PORT or ipc://PATH)"
+        )
     url = s.keepa.base_url
     if url and not url.startswith(("http://", "https://")):
         raise ConfigError("keepa.base_url", f"{url!r} is not an http(s) URL")
     if s.worker.commit_batch > s.worker.ingest_batch:
         raise ConfigError("worker.commit_batch", "is larger than worker.ingest_batch")
     if s.broker.lease_ttl_s <= s.keepa.read_timeout_s:
-        raise ConfigError("broker.lease_ttl_s", f"{s.broker.lease_ttl_s} must be longer than "
-                          f"keepa.read_timeout_s ({s.keepa.read_timeout_s}): a call in "
-                          "flight would be counted expired")
+        raise ConfigError(
+            "broker.lease_ttl_s",
+            f"{s.broker.lease_ttl_s} must be longer than "
+            f"keepa.read_timeout_s ({s.keepa.read_timeout_s}): a call in "
+            "flight would be counted expired",
+        )
 
 
 def describe() -> list[tuple[str, str, str, str]]:
@@ -295,6 +344,7 @@ def describe() -> list[tuple[str, str, str, str]]:
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else ""
-            rows.append((f"{section}.{f.name}", repr(default), env_name(section, f),
-                         f.metadata["help"]))
+            rows.append(
+                (f"{section}.{f.name}", repr(default), env_name(section, f), f.metadata["help"])
+            )
     return rows

@@ -271,9 +271,7 @@ def _schema(cls: type[Message]) -> dict[str, tuple[tuple[type, ...], bool]]:
         hints = typing.get_type_hints(cls)
         schema = {}
         for f in dataclasses.fields(cls):
-            required = (
-                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            )
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             schema[f.name] = (_accepted_types(hints[f.name]), required)
         _SCHEMAS[cls] = schema
     return schema

@@ -68,16 +68,24 @@ class Processes:
         self.log_dir = log_dir
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
-              **kwargs: Any) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: Sequence[str], env: dict[str, str] | None = None, **kwargs: Any
+    ) -> subprocess.Popen[bytes]:
         full_env = dict(os.environ)
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
         if env:
             full_env.update(env)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the proc
-        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=full_env,
-                                cwd=kwargs.pop("cwd", ROOT), start_new_session=True, **kwargs)
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=kwargs.pop("cwd", ROOT),
+            start_new_session=True,
+            **kwargs,
+        )
         log.close()
         self.procs.append((name, proc))
         return proc
