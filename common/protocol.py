@@ -14,6 +14,7 @@ code                    meaning
 ``bad_version``         another protocol version
 ``unknown_type``        no such message type
 ``bad_fields``          a missing, unknown or wrongly typed field
+``unencodable``         (encode) a field value msgpack cannot carry
 ======================  ==============================================================
 
 Messages (direction, meaning):
@@ -219,7 +220,10 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 def encode(message: Message) -> bytes:
     """Serialize a message into one frame."""
     fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
-    return msgpack.packb([VERSION, message.TYPE, fields], use_bin_type=True)
+    try:
+        return msgpack.packb([VERSION, message.TYPE, fields], use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError("unencodable", f"{message.TYPE}: {exc}") from None
 
 
 def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
