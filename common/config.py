@@ -109,6 +109,11 @@ class BrokerSettings:
     max_workers: int = _field(1000, "registered workers at most", lo=1, hi=100_000)
     max_queued_per_worker: int = _field(8, "queued requests per worker at most", lo=1, hi=10_000)
     metrics_port: int = _field(0, "Prometheus metrics port on 127.0.0.1; 0 = off", lo=0, hi=65535)
+    curve_dir: str = _field(
+        "",
+        "directory made by `keepa-fleet keys`; required to bind a non-loopback address "
+        "(CURVE encryption and client authentication)",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
