@@ -252,7 +252,8 @@ def load_settings(
         raise ConfigError(
             sorted(unknown_sections)[0], f"unknown section in {path}; known: {', '.join(SECTIONS)}"
         )
-    overrides = dict(overrides or {})
+    # A flag left unset arrives as None: it overrides nothing.
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     sections: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         table = data.get(section, {})
