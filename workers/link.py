@@ -1,0 +1,679 @@
+"""The worker's link to the broker: one thread that owns the DEALER socket.
+
+Nothing else touches the socket. The work loop talks to the link through thread-safe calls
+(``request``, ``cancel``, ``settle``, ``close``) that put messages on a queue and wake the
+link thread through a socket pair; replies come back through ``Waiter`` objects (an Event
+and the reply). The link thread sends HELLO, heartbeats every ``heartbeat_s`` (even while
+the work loop is stuck in an HTTP call), carrying the ``WorkState`` that only the work loop
+changes, watches the broker's liveness and reconnects.
+
+Messages it handles (from the broker), one ``handle_<message>`` each:
+
+==============  ============================================================================
+message         what the link does
+==============  ============================================================================
+``WELCOME``     READY: takes the broker's timing settings and ``max_cost``; sends the
+                settles kept while no broker was connected
+``HEARTBEAT``   liveness only (its ``info["max_cost"]`` updates ``max_cost``)
+``GRANT``       wakes the waiting ``call``; a grant nobody waits for is settled "not_sent"
+``REJECT``      wakes the waiting ``call``; updates ``max_cost``
+``KILL``        logs the reason, best-effort BYE, then ``on_kill`` (the runtime exits)
+``DISCONNECT``  the broker does not know this worker: waits end, HELLO again at once
+``ERROR``       logged; during the handshake it counts as a failed connection
+==============  ============================================================================
+
+Anything else from the socket is logged and ignored.
+
+Link states (``state``)::
+
+    DISCONNECTED -> CONNECTING   the reconnect time came: new socket, HELLO sent
+    CONNECTING -> READY          WELCOME received
+    READY -> CONNECTING          DISCONNECT received: HELLO again on the same socket
+    CONNECTING|READY -> DISCONNECTED   nothing heard from the broker for liveness x
+                                 heartbeat (or ERROR during the handshake): socket closed,
+                                 waits end with BrokerUnavailable, reconnect after a
+                                 capped exponential backoff with jitter
+    any -> CLOSED                ``close()`` (queued settles and BYE flushed) or KILL
+
+Only READY sends REQUEST, CANCEL, SETTLE and heartbeats. A SETTLE while not READY is kept
+(at most ``MAX_SETTLE_BACKLOG``) and sent after the next WELCOME, to whichever broker is
+there then; one that cannot be kept or sent is logged, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import importlib.metadata
+import logging
+import queue
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from common import procinfo, protocol
+from common.curve import setup_client
+from common.errors import BrokerUnavailable, ConfigError, ProtocolError
+
+log = logging.getLogger(__name__)
+
+# Link states.
+DISCONNECTED = "disconnected"
+CONNECTING = "connecting"
+READY = "ready"
+CLOSED = "closed"
+
+RECONNECT_MIN_S = 0.1  # first reconnect delay; doubles up to worker.reconnect_max_s
+RECONNECT_JITTER = 0.5  # a delay is drawn from [(1 - JITTER) x backoff, backoff]
+MAX_POLL_S = 0.5  # safety cap of the poll timeout
+MAX_RECV_PER_TURN = 200  # messages handled per turn before housekeeping runs
+FLUSH_LINGER_MS = 2000  # close(): how long queued SETTLEs and BYE get to leave
+KILL_LINGER_MS = 500  # KILL: how long the best-effort BYE gets
+MAX_SETTLE_BACKLOG = 256  # settles kept while no broker is connected
+MAX_INFO_BYTES = 16 * 1024  # a heartbeat whose info is larger is sent without it
+JOIN_SLACK_S = 2.0  # close(): extra time to join the thread after the flush
+
+try:
+    VERSION = importlib.metadata.version("keepa-fleet")
+except importlib.metadata.PackageNotFoundError:  # running from a bare checkout
+    VERSION = "0.0.0"
+
+HANDLERS: dict[str, str] = {
+    protocol.Welcome.TYPE: "handle_welcome",
+    protocol.Heartbeat.TYPE: "handle_heartbeat",
+    protocol.Grant.TYPE: "handle_grant",
+    protocol.Reject.TYPE: "handle_reject",
+    protocol.Kill.TYPE: "handle_kill",
+    protocol.Disconnect.TYPE: "handle_disconnect",
+    protocol.Error.TYPE: "handle_error",
+}
+
+
+class WorkState:
+    """What the heartbeats carry. Changed only by the work loop, read by the link thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.progress = 0
+        self.waiting = False
+        self.stage = ""
+        self.items_done = 0
+        self.info: dict[str, Any] = {}
+
+    def advance(self, stage: str, items: int = 0) -> None:
+        with self._lock:
+            self.progress += 1
+            self.stage = stage
+            self.items_done += max(0, int(items))
+
+    def set_stage(self, stage: str) -> None:
+        with self._lock:
+            self.stage = stage
+
+    def set_waiting(self, waiting: bool) -> None:
+        with self._lock:
+            self.waiting = waiting
+
+    def report(self, info: dict[str, Any]) -> None:
+        """Keys given replace the same keys of the last report; the others stay. Copied:
+        the caller may change its dict afterwards."""
+        info = copy.deepcopy(info)
+        with self._lock:
+            self.info = {**self.info, **info}
+
+    def heartbeat(self) -> protocol.Heartbeat:
+        with self._lock:
+            return protocol.Heartbeat(
+                progress=self.progress,
+                waiting=self.waiting,
+                stage=self.stage,
+                items_done=self.items_done,
+                info=dict(self.info),
+            )
+
+
+@dataclasses.dataclass
+class Waiter:
+    """One outstanding REQUEST: the link thread fills in the outcome and sets ``done``."""
+
+    seq: int
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    reply: protocol.Grant | protocol.Reject | None = None
+    gone: str = ""  # why the wait ended without a reply (broker gone, DISCONNECT, ...)
+    session: int = 0  # the link session the reply came in
+
+    def resolve(self, reply: protocol.Grant | protocol.Reject, session: int) -> None:
+        self.reply, self.session = reply, session
+        self.done.set()
+
+    def fail(self, reason: str) -> None:
+        self.gone = reason
+        self.done.set()
+
+
+class Backoff:
+    """Reconnect delays: start at ``RECONNECT_MIN_S``, double up to ``cap_s``, with jitter
+    (each delay drawn from [(1 - RECONNECT_JITTER) x backoff, backoff])."""
+
+    def __init__(self, cap_s: float, rng: random.Random | None = None) -> None:
+        self.cap_s = max(cap_s, RECONNECT_MIN_S)
+        self._rng = rng or random.Random()
+        self._backoff_s = RECONNECT_MIN_S
+
+    def next_delay(self) -> float:
+        delay = self._backoff_s * self._rng.uniform(1.0 - RECONNECT_JITTER, 1.0)
+        self._backoff_s = min(self._backoff_s * 2, self.cap_s)
+        return delay
+
+    def reset(self) -> None:
+        self._backoff_s = RECONNECT_MIN_S
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outgoing:
+    message: protocol.Message
+    session: int = 0  # for a SETTLE: the session its permit was granted in
+
+
+@dataclasses.dataclass(frozen=True)
+class _Close:
+    bye_reason: str | None
+
+
+class BrokerLink:
+    """The socket thread. Start it with ``start()``; end it with ``close(bye_reason)``."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        worker_id: str,
+        role: str,
+        heartbeat_s: float = 1.0,
+        liveness: int = 5,
+        reconnect_max_s: float = 30.0,
+        curve_dir: str = "",
+        on_kill: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.address = address
+        self.worker_id = worker_id
+        self.role = role
+        self.host = procinfo.this_host()
+        self.pid, self.start_time = procinfo.own_identity()
+        self.work = WorkState()
+        self.on_kill = on_kill
+        self._clock = clock
+        self._curve_dir = curve_dir
+        # Timing: the settings' values until a WELCOME brings the broker's.
+        self.heartbeat_s = heartbeat_s
+        self.liveness = liveness
+        self.lease_ttl_s = 0.0
+        self.backoff = Backoff(reconnect_max_s, rng)
+        self.broker_id = ""
+        self._max_cost = 0
+        # Shared with the work loop (under _lock).
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._pending: dict[int, Waiter] = {}
+        self._session = 0
+        self._outbox: queue.SimpleQueue[_Outgoing | _Close] = queue.SimpleQueue()
+        self._closed = threading.Event()
+        # The link thread's own.
+        self.state = DISCONNECTED
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._sock: zmq.Socket[Any] | None = None
+        self._poller = zmq.Poller()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._reconnect_at = 0.0
+        self._last_heard = 0.0
+        self._next_heartbeat = 0.0
+        self._settle_backlog: list[_Outgoing] = []
+        self._info_warned = False
+        self._thread: threading.Thread | None = None
+        if curve_dir:
+            self._check_curve()
+
+    # --- the work loop's side (thread-safe) --------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="broker-link", daemon=True)
+        self._thread.start()
+
+    @property
+    def ready(self) -> bool:
+        """True while a broker has welcomed this worker (permits can be asked for)."""
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def session(self) -> int:
+        """How many WELCOMEs so far: a grant from an earlier session came from a broker
+        (or a registration) that has since gone."""
+        with self._lock:
+            return self._session
+
+    @property
+    def max_cost(self) -> int:
+        return self._max_cost
+
+    def request(self, message: protocol.Request) -> Waiter:
+        """Send a REQUEST; the returned waiter is resolved by GRANT/REJECT or failed when the
+        broker goes. Raises BrokerUnavailable (sends nothing) when no broker is connected."""
+        with self._lock:
+            if not self._ready.is_set() or self._closed.is_set():
+                raise BrokerUnavailable(f"no broker connected at {self.address}")
+            waiter = Waiter(message.seq)
+            self._pending[message.seq] = waiter
+            self._outbox.put(_Outgoing(message))
+        self._wake()
+        return waiter
+
+    def cancel(self, seq: int) -> bool:
+        """Stop waiting for ``seq``; sends CANCEL when it was still outstanding. Returns
+        False when its waiter had already been resolved or failed."""
+        with self._lock:
+            waiter = self._pending.pop(seq, None)
+            if waiter is not None:
+                self._outbox.put(_Outgoing(protocol.Cancel(seq=seq)))
+        if waiter is not None:
+            self._wake()
+        return waiter is not None
+
+    def settle(self, message: protocol.Settle, session: int) -> None:
+        """Queue a SETTLE for the permit granted in ``session``."""
+        self._outbox.put(_Outgoing(message, session))
+        self._wake()
+
+    def close(self, bye_reason: str | None = None, timeout_s: float | None = None) -> None:
+        """Flush what is queued (settles first), say BYE when a broker is connected and
+        ``bye_reason`` is given, close the socket and end the thread. Idempotent."""
+        self._outbox.put(_Close(bye_reason))
+        self._wake()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(FLUSH_LINGER_MS / 1000 + JOIN_SLACK_S if timeout_s is None else timeout_s)
+        elif thread is None:
+            self._finish()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # a full pipe is already awake
+            self._wake_w.send(b"\0")
+
+    # --- the link thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        try:
+            while self.state != CLOSED:
+                try:
+                    self.loop_once(self._clock())
+                except Exception:  # the loop boundary: log and go on
+                    log.exception("broker link: unexpected error")
+                    self._closed.wait(0.1)  # a persistent error must not spin
+        finally:
+            self._finish()
+
+    def loop_once(self, now: float) -> None:
+        """One turn: connect when due, poll (nearest timer), receive, send, housekeeping."""
+        if self.state == DISCONNECTED and now >= self._reconnect_at:
+            self._open(now)
+        timeout_s = min(MAX_POLL_S, max(0.0, self._next_timer(now) - now))
+        events = dict(self._poller.poll(int(timeout_s * 1000) + 1))
+        now = self._clock()
+        if self._wake_r.fileno() in events:
+            with contextlib.suppress(BlockingIOError, OSError):
+                while self._wake_r.recv(4096):
+                    pass
+        if self._sock is not None and self._sock in events:
+            self._receive(now)
+        self._send_outbox(now)
+        if self.state != CLOSED:
+            self._housekeeping(self._clock())
+
+    def _next_timer(self, now: float) -> float:
+        if self.state == DISCONNECTED:
+            return self._reconnect_at
+        times = [self._last_heard + self.liveness * self.heartbeat_s]
+        if self.state == READY:
+            times.append(self._next_heartbeat)
+        return min(times)
+
+    def _open(self, now: float) -> None:
+        # DISCONNECTED -> CONNECTING
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            if self._curve_dir:
+                setup_client(sock, self._curve_dir)
+            sock.connect(self.address)
+        except (zmq.ZMQError, OSError, ValueError, ConfigError) as exc:
+            sock.close(0)
+            delay = self.backoff.next_delay()
+            self._reconnect_at = now + delay
+            log.error("cannot connect to %s (%s): again in %.2f s", self.address, exc, delay)
+            return
+        self._sock = sock
+        self._poller.register(sock, zmq.POLLIN)
+        self.state = CONNECTING
+        self._last_heard = now
+        self._send_hello(now)
+
+    def _send_hello(self, now: float) -> None:
+        self._last_heard = now  # the handshake gets liveness x heartbeat
+        self._send(
+            protocol.Hello(
+                worker_id=self.worker_id,
+                pid=self.pid,
+                host=self.host,
+                start_time=self.start_time,
+                role=self.role,
+                version=VERSION,
+            )
+        )
+        log.debug("HELLO sent to %s as %s", self.address, self.worker_id)
+
+    def _close_socket(self, linger_ms: int = 0) -> None:
+        if self._sock is None:
+            return
+        with contextlib.suppress(KeyError):
+            self._poller.unregister(self._sock)
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.setsockopt(zmq.LINGER, linger_ms)
+        self._sock.close()
+        self._sock = None
+
+    def _receive(self, now: float) -> None:
+        assert self._sock is not None
+        for _ in range(MAX_RECV_PER_TURN):
+            if self._sock is None or self.state == CLOSED:
+                return
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._last_heard = now  # any frame from the broker shows it is alive
+            if len(frames) != 1:
+                log.warning("ignored a message of %d frames from the broker", len(frames))
+                continue
+            try:
+                msg = protocol.decode(frames[0])
+            except ProtocolError as exc:
+                log.warning("ignored an undecodable message from the broker: %s", exc)
+                continue
+            handler = HANDLERS.get(msg.TYPE)
+            if handler is None:
+                log.warning("ignored %s from the broker: not a broker-to-worker message", msg.TYPE)
+                continue
+            getattr(self, handler)(msg, now)
+
+    def _send_outbox(self, now: float) -> None:
+        while True:
+            try:
+                item = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Close):
+                self._do_close(item.bye_reason)
+                return
+            msg = item.message
+            if isinstance(msg, protocol.Settle):
+                self._send_settle(item)
+            elif isinstance(msg, protocol.Request):
+                with self._lock:
+                    still_waited_for = msg.seq in self._pending
+                if not still_waited_for:  # failed when the broker went: never to a new one
+                    log.debug("REQUEST seq %d dropped: its wait has ended", msg.seq)
+                elif self.state != READY or not self._send(msg):
+                    self._fail_one(msg.seq, "the broker connection was lost before the request")
+            elif self.state == READY:
+                self._send(msg)
+            else:
+                log.debug("%s dropped: no broker connected", msg.TYPE)
+
+    def _send_settle(self, item: _Outgoing, *, retry: bool = False) -> None:
+        msg = item.message
+        assert isinstance(msg, protocol.Settle)
+        if self.state == READY:
+            if item.session != self._session:
+                log.info(
+                    "settling permit %s (%s), granted by an earlier broker connection, "
+                    "with the broker connected now",
+                    msg.permit,
+                    msg.status,
+                )
+            if self._send(msg):
+                return
+        if len(self._settle_backlog) < MAX_SETTLE_BACKLOG:
+            self._settle_backlog.append(item)
+            if not retry:
+                log.warning(
+                    "the settle of permit %s (%s) could not be sent (%s): kept, sent again "
+                    "when a broker takes it",
+                    msg.permit,
+                    msg.status,
+                    "no broker connected" if self.state != READY else "queue full",
+                )
+        else:
+            log.error(
+                "no broker connected and %d settles kept already: the settle of permit %s "
+                "(%s) is dropped; its lease will expire at the broker",
+                MAX_SETTLE_BACKLOG,
+                msg.permit,
+                msg.status,
+            )
+
+    def _send(self, msg: protocol.Message) -> bool:
+        if self._sock is None:
+            return False
+        try:
+            self._sock.send(msg.encode(), zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("%s not sent: the queue to the broker is full", msg.TYPE)
+            return False
+        except zmq.ZMQError as exc:
+            log.warning("%s not sent: %s", msg.TYPE, exc)
+            return False
+        except ProtocolError as exc:
+            log.error("%s not sent: %s", msg.TYPE, exc)
+            return False
+        return True
+
+    def _housekeeping(self, now: float) -> None:
+        silent_s = now - self._last_heard
+        if self.state in (CONNECTING, READY) and silent_s > self.liveness * self.heartbeat_s:
+            what = "no WELCOME" if self.state == CONNECTING else "nothing heard"
+            self._gone(now, f"{what} from the broker for {silent_s:.1f} s")
+            return
+        if self.state == READY and now >= self._next_heartbeat:
+            self._send_heartbeat()
+            self._next_heartbeat = now + self.heartbeat_s
+            if self._settle_backlog:
+                self._flush_backlog(retry=True)
+
+    def _flush_backlog(self, *, retry: bool) -> None:
+        backlog, self._settle_backlog = self._settle_backlog, []
+        if backlog and not retry:
+            log.info("sending %d settles kept while no broker was connected", len(backlog))
+        for item in backlog:
+            self._send_settle(item, retry=retry)
+
+    def _send_heartbeat(self) -> None:
+        hb = self.work.heartbeat()
+        try:
+            size = len(hb.encode())
+        except ProtocolError as exc:
+            size, problem = -1, str(exc)
+        else:
+            problem = f"{size} bytes > {MAX_INFO_BYTES}"
+        if size < 0 or size > MAX_INFO_BYTES:
+            if not self._info_warned:
+                log.warning("heartbeat info left out (%s): keep report() small", problem)
+                self._info_warned = True
+            hb = dataclasses.replace(hb, info={})
+        self._send(hb)
+
+    def _gone(self, now: float, reason: str) -> None:
+        # CONNECTING|READY -> DISCONNECTED
+        delay = self.backoff.next_delay()
+        self._reconnect_at = now + delay
+        log.warning("broker %s gone (%s): reconnecting in %.2f s", self.address, reason, delay)
+        self._close_socket()
+        self.state = DISCONNECTED
+        self._not_ready(f"broker gone: {reason}")
+
+    def _not_ready(self, reason: str) -> None:
+        with self._lock:
+            self._ready.clear()
+            pending, self._pending = self._pending, {}
+        for waiter in pending.values():
+            waiter.fail(reason)
+
+    def _fail_one(self, seq: int, reason: str) -> None:
+        with self._lock:
+            waiter = self._pending.pop(seq, None)
+        if waiter is not None:
+            waiter.fail(reason)
+
+    def _do_close(self, bye_reason: str | None) -> None:
+        # any -> CLOSED
+        if bye_reason is not None and self.state == READY:
+            self._send(protocol.Bye(reason=bye_reason))
+            log.info("BYE sent (%s)", bye_reason)
+        if self._settle_backlog:
+            log.error(
+                "closing with %d settles no broker received (permits %s): their leases will "
+                "expire at the broker",
+                len(self._settle_backlog),
+                ", ".join(str(getattr(i.message, "permit", "?")) for i in self._settle_backlog),
+            )
+            self._settle_backlog.clear()
+        self._close_socket(FLUSH_LINGER_MS)
+        self.state = CLOSED
+        self._closed.set()
+        self._not_ready("the broker link is closed")
+
+    def _finish(self) -> None:
+        if self.state != CLOSED:
+            self._close_socket()
+            self.state = CLOSED
+            self._closed.set()
+            self._not_ready("the broker link is closed")
+        with contextlib.suppress(KeyError, ValueError):
+            self._poller.unregister(self._wake_r.fileno())
+        self._wake_r.close()
+        self._wake_w.close()
+        if not self._ctx.closed:
+            self._ctx.term()  # waits at most the linger of the socket closed last
+
+    # --- handlers -------------------------------------------------------------------------
+
+    def handle_welcome(self, msg: protocol.Welcome, now: float) -> None:
+        new_session = self.state != READY  # a second WELCOME (two HELLOs crossed) is the same
+        # CONNECTING -> READY
+        self.heartbeat_s = msg.heartbeat_s if msg.heartbeat_s > 0 else self.heartbeat_s
+        self.liveness = msg.liveness if msg.liveness > 0 else self.liveness
+        self.lease_ttl_s = msg.lease_ttl_s
+        self.broker_id = msg.broker_id
+        if msg.max_cost > 0:
+            self._max_cost = msg.max_cost
+        self.backoff.reset()
+        self.state = READY
+        self._next_heartbeat = now + self.heartbeat_s
+        with self._lock:
+            self._session += 1 if new_session else 0
+            self._ready.set()
+        if not new_session:
+            return
+        log.info(
+            "connected to broker %s at %s (heartbeat %.2f s, liveness %d, max cost %d)",
+            msg.broker_id,
+            self.address,
+            self.heartbeat_s,
+            self.liveness,
+            self._max_cost,
+        )
+        self._flush_backlog(retry=False)
+
+    def handle_heartbeat(self, msg: protocol.Heartbeat, now: float) -> None:
+        value = msg.info.get("max_cost")
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            self._max_cost = value
+
+    def handle_grant(self, msg: protocol.Grant, now: float) -> None:
+        with self._lock:
+            waiter = self._pending.pop(msg.seq, None)
+            session = self._session
+        if waiter is not None:
+            waiter.resolve(msg, session)
+            return
+        # Granted after its requester stopped waiting (deadline, stop, lost connection).
+        log.info("GRANT %s for seq %d nobody waits for: settled not_sent", msg.permit, msg.seq)
+        self._send_settle(_Outgoing(protocol.Settle(permit=msg.permit, status="not_sent"), session))
+
+    def handle_reject(self, msg: protocol.Reject, now: float) -> None:
+        if msg.max_cost > 0:
+            self._max_cost = msg.max_cost
+        with self._lock:
+            waiter = self._pending.pop(msg.seq, None)
+            session = self._session
+        if waiter is not None:
+            waiter.resolve(msg, session)
+        else:
+            log.debug("REJECT for seq %d nobody waits for (%s)", msg.seq, msg.reason)
+
+    def handle_kill(self, msg: protocol.Kill, now: float) -> None:
+        # any -> CLOSED, then the process exits
+        log.critical("KILL from the broker (%s): exiting now", msg.reason[:200])
+        if self.state == READY:
+            self._send(protocol.Bye(reason=f"killed: {msg.reason}"[:200]))
+        self._close_socket(KILL_LINGER_MS)
+        self.state = CLOSED
+        self._closed.set()
+        self._not_ready(f"killed by the broker: {msg.reason}")
+        with contextlib.suppress(zmq.ZMQError):
+            self._ctx.term()  # lets the BYE leave (at most KILL_LINGER_MS)
+        self._flush_logs()
+        if self.on_kill is not None:
+            self.on_kill(msg.reason)
+
+    def handle_disconnect(self, msg: protocol.Disconnect, now: float) -> None:
+        # READY|CONNECTING -> CONNECTING
+        log.info("DISCONNECT from the broker (%s): HELLO again", msg.reason[:200])
+        self.state = CONNECTING
+        self._not_ready(f"the broker does not know this worker: {msg.reason}")
+        self._send_hello(now)
+
+    def handle_error(self, msg: protocol.Error, now: float) -> None:
+        log.warning("ERROR from the broker: %s %s", msg.code, msg.detail[:200])
+        if self.state == CONNECTING:
+            self._gone(now, f"HELLO refused: {msg.code}")
+
+    @staticmethod
+    def _flush_logs() -> None:
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+
+    def _check_curve(self) -> None:
+        """Fail at start (ConfigError) when the CURVE keys are missing or unreadable."""
+        sock = self._ctx.socket(zmq.DEALER)
+        try:
+            setup_client(sock, self._curve_dir)
+        finally:
+            sock.close(0)
