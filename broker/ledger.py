@@ -1,0 +1,584 @@
+"""The token ledger: the broker's one authoritative picture of the shared Keepa balance.
+
+Pure arithmetic with ``now`` passed in (the broker's monotonic clock): no sockets, no sleeps.
+
+Rules (ARCHITECTURE.md, "The token ledger"; each one answers a production failure):
+
+Observations
+    Every Keepa response carries ``(timestamp, tokensLeft, refillIn, refillRate)``. The
+    ledger keeps the newest by Keepa ``timestamp``; an older one never overwrites it (a
+    worker's SETTLE may arrive after the broker's own newer ``/token`` sync). Two responses
+    in the same millisecond: the lower balance wins (it is the later one). Two guards keep a
+    bad clock from freezing the ledger: a *settle* observation more than
+    ``MAX_CLOCK_SKEW_MS`` ahead of Keepa's clock (estimated from the observations seen:
+    each one is received after it is sent) is ignored, and a *sync* observation sent after
+    the newest was received replaces it even with an older timestamp when that timestamp is
+    more than ``MAX_CLOCK_SKEW_MS`` behind (Keepa's clock went back).
+
+Projection
+    From the newest observation: ``refillRate`` is added at each refill step, the first at
+    ``obs.at + refillIn`` and then every ``refill_period_s``, and the balance is capped at
+    ``cap = 60 x refillRate`` (``balance = min(balance + rate, cap)`` at each step). Costs
+    assumed spent since that observation (expired leases, unknown outcomes) are subtracted
+    after the cap: the lowest balance consistent with them. ``obs.at`` is when the broker
+    *received* the response, later than Keepa sent it, so refills are projected late, never
+    early (the safe side).
+
+In flight
+    A granted, unsettled permit may or may not be in the newest observation: it is always
+    counted as not included. ``available = projected - in_flight``.
+
+Grants
+    Keepa executes any request while its balance is > 0 and lets it go negative, so a grant
+    needs ``available > 0`` and ``available - cost >= -max_deficit``: the fleet never causes
+    a 429. ``max_cost() = cap + max_deficit`` is the largest permit that can ever be granted.
+
+Soft floor and recharge
+    A grant that leaves ``available < soft_floor`` still goes out, but the ledger enters
+    recharge mode and grants nothing more until ``available >= min(resume_at, cap)`` (the
+    resume level is clamped to the cap, so recharge always ends). The exit is checked at
+    every call that passes ``now``.
+
+Assumed spends and syncs
+    An expired lease or an unknown outcome (timeout, dropped connection) assumes the whole
+    cost spent and sets ``needs_sync``. The assumption is dropped when a ``sync`` observation
+    whose request was *sent* after it arrives (``Observation.sent_at``; without it ``at``,
+    which is only right when no ``/token`` call is in flight across an expiry), or when the
+    permit settles late with an envelope (its call is then in the newest observation) or as
+    ``not_sent``. ``needs_sync`` is also set by a plan change seen in a worker's envelope; a
+    sync clears it unless assumptions made after its request remain.
+
+Plan changes
+    An observation with another ``refillRate`` re-plans at once: the cap, ``max_cost()``,
+    the recharge resume level and every ``earliest_grant_at`` follow the new rate.
+
+Planning (``earliest_grant_at``)
+    From ``v = available(now) - extra_spend`` each refill step adds ``refillRate``, capped at
+    the cap: exact Keepa arithmetic when nothing is in flight. Tokens in flight are treated
+    as spent now (they normally settle within seconds), which keeps plans consistent: after
+    a permit of ``s`` tokens is granted, ``earliest_grant_at(c, now)`` equals what
+    ``earliest_grant_at(c, now, extra_spend=s)`` predicted before. ``extra_spend`` is a
+    grant: if it would take ``available`` below the soft floor, the plan includes the
+    recharge it starts. The grant itself is always checked against the safe projection.
+
+Unaccounted consumption (another program on the same key)
+    When a newer observation ``O2`` replaces ``O1`` (same refill rate, no assumed spends
+    outstanding: otherwise nothing is counted), the ledger computes the *lowest* balance
+    the fleet can explain at ``O2``::
+
+        n        = refill steps between them, from the two refill schedules
+                   round(((O2.ts + O2.refillIn) - (O1.ts + O1.refillIn)) / period)
+        expected = min(O1.tokensLeft + n x rate, cap)      # every spend after every refill
+                   - O2.tokensConsumed                      # O2's own call, if a settle
+                   - the cost of every permit in flight     # at most all of them
+        gap      = expected - O2.tokensLeft
+
+    Only a positive ``gap`` is suspicious. Every fleet call that can fall between ``O1`` and
+    ``O2`` is either ``O2`` itself or in flight when ``O2`` arrives (a settle newer than
+    ``O1`` that arrived earlier would have replaced ``O1``), so nothing else needs
+    explaining. A permit may consume more than its cost (a cost estimate too low): when
+    permits were in flight, the gap stays *pending* until all of them end, and each one that
+    settles with an envelope not older than ``O1`` credits its overrun ``consumed - cost``
+    against it. A pending permit that ends without an envelope (expired, unknown outcome)
+    voids the gap: no fleet-free explanation can be proven. What remains is added to
+    ``unaccounted``. Each gap compares two consecutive newest observations, and every
+    observation resets the base to Keepa's own balance, so the same tokens are never counted
+    twice; the figure is a lower bound (spends at the cap, or in-flight permits that had not
+    run, can hide some of it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from common.keepa import TokenEnvelope
+
+log = logging.getLogger(__name__)
+
+REFILL_PERIOD_S = 60.0  # Keepa's refill step; tests and the simulator shorten it
+SOFT_FLOOR = 20
+RESUME_AT = 60
+MAX_DEFICIT = 0
+CAP_MINUTES = 60  # unused tokens expire after an hour: cap = 60 x refill rate
+# How far Keepa's clock may disagree with itself before an observation is treated as bogus.
+MAX_CLOCK_SKEW_MS = 60_000
+# Suspicious gaps waiting for their in-flight permits to settle, at most (oldest dropped).
+MAX_PENDING_GAPS = 256
+
+SOURCE_SYNC = "sync"
+SOURCE_SETTLE = "settle"
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """Keepa's token state as one response reported it."""
+
+    keepa_ts_ms: int  # Keepa's ``timestamp``: orders observations (newest wins)
+    tokens_left: int
+    refill_in_ms: int
+    refill_rate: int
+    at: float  # the broker's local (monotonic) time when the response was received
+    source: str = SOURCE_SYNC  # "sync" (broker /token) or "settle" (a worker's call)
+    tokens_consumed: int = 0  # what this response's own call cost
+    # For a sync: the local time the /token request was sent (defaults to ``at``). Assumed
+    # spends made before it are known to be reflected in the answer.
+    sent_at: float | None = None
+
+    @classmethod
+    def from_envelope(
+        cls, env: TokenEnvelope, at: float, source: str, *, sent_at: float | None = None
+    ) -> Observation:
+        return cls(
+            keepa_ts_ms=env.timestamp_ms,
+            tokens_left=env.tokens_left,
+            refill_in_ms=env.refill_in_ms,
+            refill_rate=env.refill_rate,
+            at=at,
+            source=source,
+            tokens_consumed=env.tokens_consumed,
+            sent_at=sent_at,
+        )
+
+
+@dataclasses.dataclass
+class _Gap:
+    """A suspicious drop waiting for the permits that were in flight to settle."""
+
+    gap: int
+    o1_ts_ms: int
+    pending: set[str]
+    credit: int = 0
+    void: bool = False
+
+
+@dataclasses.dataclass
+class _Assumed:
+    cost: int
+    at: float
+
+
+class Ledger:
+    """The newest Keepa observation, the permits in flight, and what follows from them."""
+
+    def __init__(
+        self,
+        *,
+        refill_period_s: float = REFILL_PERIOD_S,
+        soft_floor: int = SOFT_FLOOR,
+        resume_at: int = RESUME_AT,
+        max_deficit: int = MAX_DEFICIT,
+    ) -> None:
+        if not refill_period_s > 0 or not math.isfinite(refill_period_s):
+            raise ValueError("refill_period_s must be a positive number of seconds")
+        if max_deficit < 0:
+            raise ValueError("max_deficit must be >= 0")
+        self.refill_period_s = float(refill_period_s)
+        self.soft_floor = int(soft_floor)
+        self.resume_at = int(resume_at)
+        self.max_deficit = int(max_deficit)
+        self.recharge_mode = False
+        self.needs_sync = False
+        self.unaccounted = 0
+        self.tokens_spent = 0
+        self._obs: Observation | None = None
+        self._in_flight: dict[str, int] = {}
+        self._in_flight_total = 0
+        self._assumed: dict[str, _Assumed] = {}
+        self._assumed_total = 0
+        self._gaps: list[_Gap] = []
+        self._offset_ms: float | None = None  # Keepa's clock minus ours, a lower bound
+        self.observations_accepted = 0
+        self.observations_ignored = 0
+        self.plan_changes = 0
+
+    # --- read-only views ------------------------------------------------------------------
+
+    @property
+    def has_observation(self) -> bool:
+        return self._obs is not None
+
+    @property
+    def observation(self) -> Observation | None:
+        """The newest observation (None before the first)."""
+        return self._obs
+
+    @property
+    def refill_rate(self) -> int:
+        return self._obs.refill_rate if self._obs is not None else 0
+
+    @property
+    def cap(self) -> int:
+        return CAP_MINUTES * self.refill_rate
+
+    @property
+    def resume_level(self) -> int:
+        """Recharge ends when ``available`` reaches this: ``min(resume_at, cap)``."""
+        return min(self.resume_at, self.cap)
+
+    @property
+    def assumed_spent(self) -> int:
+        """Costs assumed spent (expired leases, unknown outcomes) not yet seen by a sync."""
+        return self._assumed_total
+
+    @property
+    def unaccounted_pending(self) -> int:
+        """Suspicious drops still waiting for in-flight permits to settle."""
+        return sum(max(0, g.gap - g.credit) for g in self._gaps if not g.void)
+
+    def in_flight(self) -> int:
+        """The summed cost of granted, unsettled permits."""
+        return self._in_flight_total
+
+    def in_flight_permits(self) -> int:
+        return len(self._in_flight)
+
+    def max_cost(self) -> int:
+        """The largest cost that can ever be granted (0 before any observation)."""
+        cap = self.cap
+        if self._obs is None or cap < 1:
+            return 0
+        return cap + self.max_deficit
+
+    # --- projection -----------------------------------------------------------------------
+
+    def _first_step(self) -> float:
+        assert self._obs is not None
+        return self._obs.at + max(0, self._obs.refill_in_ms) / 1000.0
+
+    def _step_at(self, j: int) -> float:
+        """Local time of refill step ``j`` (0-based) after the newest observation."""
+        return self._first_step() + j * self.refill_period_s
+
+    def _steps_by(self, now: float) -> int:
+        """How many refill steps happened at or before ``now`` since the newest observation."""
+        t0 = self._first_step()
+        if now < t0:
+            return 0
+        j = int((now - t0) // self.refill_period_s)
+        # The same expression as _step_at decides, so a wake-up at a returned instant sees it.
+        while self._step_at(j + 1) <= now:
+            j += 1
+        while j > 0 and self._step_at(j) > now:
+            j -= 1
+        return j + 1
+
+    def _raw(self, now: float) -> int:
+        """Keepa's balance now from the newest observation alone (refills and the cap)."""
+        obs = self._obs
+        if obs is None:
+            return 0
+        balance = obs.tokens_left
+        rate = obs.refill_rate
+        if rate > 0:
+            steps = self._steps_by(now)
+            if steps > 0:
+                balance = min(balance + steps * rate, CAP_MINUTES * rate)
+        return balance
+
+    def projected(self, now: float) -> int:
+        """Keepa's balance now, less the costs assumed spent since the newest observation."""
+        return self._raw(now) - self._assumed_total
+
+    def available(self, now: float) -> int:
+        return self.projected(now) - self._in_flight_total
+
+    def next_refill_at(self, now: float) -> float | None:
+        """The first projected refill step after ``now`` (None before any observation)."""
+        if self._obs is None:
+            return None
+        return self._step_at(self._steps_by(now))
+
+    # --- grants ---------------------------------------------------------------------------
+
+    def refresh(self, now: float) -> None:
+        """Bring time-dependent state up to ``now`` (the end of recharge mode). Every method
+        that takes ``now`` does this; ``recharge_mode`` read alone may be stale."""
+        self._refresh(now)
+
+    def _refresh(self, now: float) -> None:
+        if self.recharge_mode and self.available(now) >= self.resume_level:
+            self.recharge_mode = False
+            log.info("recharge over: %d tokens available", self.available(now))
+
+    def can_grant(self, cost: int, now: float) -> bool:
+        if self._obs is None or cost < 1:
+            return False
+        self._refresh(now)
+        if self.recharge_mode:
+            return False
+        available = self.available(now)
+        return available > 0 and available - cost >= -self.max_deficit
+
+    def grant(self, permit: str, cost: int, now: float) -> None:
+        """Put a permit in flight. Entering recharge mode does not hold this grant back."""
+        if permit in self._in_flight or permit in self._assumed:
+            raise ValueError(f"permit {permit} is already known to the ledger")
+        if not self.can_grant(cost, now):
+            log.error("permit %s of %d tokens granted against the ledger's rules", permit, cost)
+        self._in_flight[permit] = cost
+        self._in_flight_total += cost
+        available = self.available(now)
+        if available < self.soft_floor and not self.recharge_mode:
+            self.recharge_mode = True
+            log.info(
+                "recharge: %d tokens available after permit %s, below the soft floor %d; "
+                "resuming at %d",
+                available,
+                permit,
+                self.soft_floor,
+                self.resume_level,
+            )
+
+    def earliest_grant_at(self, cost: int, now: float, *, extra_spend: int = 0) -> float | None:
+        """When ``cost`` becomes grantable if nothing else happens and ``extra_spend`` more
+        tokens are granted now: ``now`` if it is grantable now, a refill instant, or None
+        (never: ``cost > max_cost()``, or no refill). See "Planning" in the module docstring."""
+        if self._obs is None or cost < 1 or cost > self.max_cost():
+            return None
+        available = self.available(now)
+        v = available - extra_spend
+        resume = self.resume_level
+        in_recharge = (self.recharge_mode and available < resume) or (
+            extra_spend > 0 and v < self.soft_floor
+        )
+        need = max(1, cost - self.max_deficit)
+        if in_recharge:
+            need = max(need, resume)
+        if v >= need:
+            return now
+        rate = self.refill_rate
+        if rate <= 0 or need > self.cap:
+            return None
+        steps = -(-(need - v) // rate)  # ceil
+        return self._step_at(self._steps_by(now) + steps - 1)
+
+    # --- observations ---------------------------------------------------------------------
+
+    def observe(self, obs: Observation, now: float) -> bool:
+        """Take a Keepa observation. False when it was ignored (older than the newest)."""
+        accepted = self._observe(obs, now)
+        self._refresh(now)
+        return accepted
+
+    def _observe(self, obs: Observation, now: float) -> bool:
+        if obs.refill_rate < 0 or obs.refill_in_ms < 0 or obs.refill_in_ms > 10**9:
+            log.warning(
+                "ignoring an observation with refillRate %d, refillIn %d ms",
+                obs.refill_rate,
+                obs.refill_in_ms,
+            )
+            self.observations_ignored += 1
+            return False
+        is_sync = obs.source == SOURCE_SYNC
+        cur = self._obs
+        compare = True
+        clock_back = False
+        if cur is not None and obs.keepa_ts_ms <= cur.keepa_ts_ms:
+            sent = obs.sent_at if obs.sent_at is not None else obs.at
+            if (
+                obs.keepa_ts_ms == cur.keepa_ts_ms
+                and obs.tokens_left < cur.tokens_left
+                and obs.refill_rate == cur.refill_rate
+            ):
+                compare = False  # same millisecond, lower balance: the later response
+            elif (
+                is_sync and cur.keepa_ts_ms - obs.keepa_ts_ms > MAX_CLOCK_SKEW_MS and sent > cur.at
+            ):
+                log.warning(
+                    "Keepa's clock went back %d ms: taking the newer /token answer",
+                    cur.keepa_ts_ms - obs.keepa_ts_ms,
+                )
+                compare = False
+                clock_back = True
+            else:
+                # Older than the newest. A sync still tells that the newest (newer than this
+                # answer to a request sent after the assumptions) reflects them.
+                if is_sync:
+                    self._synced(obs)
+                self.observations_ignored += 1
+                return False
+        elif self._offset_ms is not None and not is_sync:
+            keepa_now_ms = now * 1000.0 + self._offset_ms
+            if obs.keepa_ts_ms > keepa_now_ms + MAX_CLOCK_SKEW_MS:
+                log.warning(
+                    "ignoring a settle envelope %d ms ahead of Keepa's clock",
+                    int(obs.keepa_ts_ms - keepa_now_ms),
+                )
+                self.observations_ignored += 1
+                return False
+        if cur is not None and obs.refill_rate != cur.refill_rate:
+            self.plan_changes += 1
+            compare = False
+            self.needs_sync = True
+            log.warning(
+                "refill rate changed from %d to %d tokens a step: re-planning",
+                cur.refill_rate,
+                obs.refill_rate,
+            )
+        if cur is not None and compare and not self._assumed:
+            self._account(cur, obs)
+        self._obs = obs
+        self.observations_accepted += 1
+        # Keepa's clock minus ours, at least: every response is received after it is sent.
+        offset = obs.keepa_ts_ms - obs.at * 1000.0
+        if self._offset_ms is None or offset > self._offset_ms or clock_back:
+            self._offset_ms = offset
+        if is_sync:
+            self._synced(obs)
+        return True
+
+    def _synced(self, obs: Observation) -> None:
+        """A sync answer: assumptions made before its request are reflected in the newest.
+        ``needs_sync`` stays set while assumptions made later remain."""
+        if obs.sent_at is not None:
+            cleared = [p for p, a in self._assumed.items() if a.at <= obs.sent_at]
+        else:
+            cleared = [p for p, a in self._assumed.items() if a.at < obs.at]
+        for permit in cleared:
+            self._assumed_total -= self._assumed.pop(permit).cost
+        self.needs_sync = bool(self._assumed)
+
+    def _account(self, o1: Observation, o2: Observation) -> None:
+        """Unaccounted consumption between two consecutive newest observations."""
+        rate = o1.refill_rate
+        period_ms = self.refill_period_s * 1000.0
+        shift = (o2.keepa_ts_ms + o2.refill_in_ms) - (o1.keepa_ts_ms + o1.refill_in_ms)
+        steps = max(0, round(shift / period_ms))
+        expected = o1.tokens_left
+        if steps > 0 and rate > 0:
+            expected = min(expected + steps * rate, CAP_MINUTES * rate)
+        expected -= max(0, o2.tokens_consumed) + self._in_flight_total
+        gap = expected - o2.tokens_left
+        if gap <= 0:
+            return
+        if not self._in_flight:
+            self._add_unaccounted(gap)
+            return
+        self._gaps.append(_Gap(gap=gap, o1_ts_ms=o1.keepa_ts_ms, pending=set(self._in_flight)))
+        if len(self._gaps) > MAX_PENDING_GAPS:
+            self._gaps.pop(0)
+
+    def _add_unaccounted(self, tokens: int) -> None:
+        self.unaccounted += tokens
+        log.warning(
+            "%d tokens vanished that no fleet permit explains (another program on the key?); "
+            "%d in all",
+            tokens,
+            self.unaccounted,
+        )
+
+    def _permit_ended(
+        self, permit: str, cost: int, consumed: int | None, ts_ms: int | None
+    ) -> None:
+        """Resolve the pending gaps that were waiting on ``permit``."""
+        if not self._gaps:
+            return
+        keep: list[_Gap] = []
+        for g in self._gaps:
+            if permit in g.pending:
+                g.pending.discard(permit)
+                if consumed is None:
+                    g.void = True
+                elif ts_ms is None or ts_ms >= g.o1_ts_ms:
+                    g.credit += max(0, consumed - cost)
+                if not g.pending:
+                    if not g.void and g.gap > g.credit:
+                        self._add_unaccounted(g.gap - g.credit)
+                    continue
+            keep.append(g)
+        self._gaps = keep
+
+    # --- permit outcomes ------------------------------------------------------------------
+
+    def settle(self, permit: str, obs: Observation | None, now: float) -> None:
+        """The call is over. ``obs`` is its envelope (the permit leaves in-flight: the
+        envelope includes it); None = outcome unknown: the cost is assumed spent."""
+        if permit in self._in_flight:
+            cost = self._in_flight.pop(permit)
+            self._in_flight_total -= cost
+            if obs is None:
+                self._assume(permit, cost, now)
+                self._permit_ended(permit, cost, None, None)
+            else:
+                self.tokens_spent += obs.tokens_consumed
+                self._permit_ended(permit, cost, obs.tokens_consumed, obs.keepa_ts_ms)
+                self._observe(obs, now)
+        elif permit in self._assumed:
+            # A late settle of an expired permit: its call is in any observation at least as
+            # new as its envelope, so the assumption goes.
+            if obs is not None:
+                assumed = self._assumed.pop(permit)
+                self._assumed_total -= assumed.cost
+                self.tokens_spent += obs.tokens_consumed - assumed.cost
+                self._observe(obs, now)
+        elif obs is not None:
+            self.tokens_spent += obs.tokens_consumed
+            self._observe(obs, now)
+        self._refresh(now)
+
+    def release(self, permit: str, now: float) -> None:
+        """The call never left the worker: nothing was spent."""
+        if permit in self._in_flight:
+            cost = self._in_flight.pop(permit)
+            self._in_flight_total -= cost
+            self._permit_ended(permit, cost, 0, None)
+        elif permit in self._assumed:
+            assumed = self._assumed.pop(permit)
+            self._assumed_total -= assumed.cost
+            self.tokens_spent -= assumed.cost
+        self._refresh(now)
+
+    def expire(self, permit: str, now: float) -> None:
+        """The lease ran out unsettled: the cost is assumed spent until a sync shows more."""
+        if permit in self._in_flight:
+            cost = self._in_flight.pop(permit)
+            self._in_flight_total -= cost
+            self._assume(permit, cost, now)
+            self._permit_ended(permit, cost, None, None)
+        self._refresh(now)
+
+    def _assume(self, permit: str, cost: int, now: float) -> None:
+        self._assumed[permit] = _Assumed(cost=cost, at=now)
+        self._assumed_total += cost
+        self.tokens_spent += cost
+        self.needs_sync = True
+
+    # --- status ---------------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        self._refresh(now)
+        obs = self._obs
+        nxt = self.next_refill_at(now)
+        return {
+            "has_observation": obs is not None,
+            "projected": self.projected(now),
+            "available": self.available(now),
+            "in_flight": self._in_flight_total,
+            "in_flight_permits": len(self._in_flight),
+            "assumed_spent": self._assumed_total,
+            "refill_rate": self.refill_rate,
+            "refill_period_s": self.refill_period_s,
+            "refill_in_ms": None if nxt is None else max(0, round((nxt - now) * 1000)),
+            "cap": self.cap,
+            "max_cost": self.max_cost(),
+            "recharge_mode": self.recharge_mode,
+            "resume_at": self.resume_at,
+            "resume_level": self.resume_level,
+            "soft_floor": self.soft_floor,
+            "max_deficit": self.max_deficit,
+            "needs_sync": self.needs_sync,
+            "unaccounted": self.unaccounted,
+            "unaccounted_pending": self.unaccounted_pending,
+            "tokens_spent": self.tokens_spent,
+            "tokens_left": None if obs is None else obs.tokens_left,
+            "keepa_ts_ms": None if obs is None else obs.keepa_ts_ms,
+            "observation_source": None if obs is None else obs.source,
+            "observation_age_s": None if obs is None else max(0.0, now - obs.at),
+            "observations_accepted": self.observations_accepted,
+            "observations_ignored": self.observations_ignored,
+            "plan_changes": self.plan_changes,
+        }
