@@ -1,1 +1,281 @@
-"""Pipeline stages: deals, ingest, refresh."""
+"""Pipeline stages: what a worker does between permits.
+
+==========  ============================  ==============================================
+stage       module                        one batch (``run_once``)
+==========  ============================  ==============================================
+deals       ``workers.stages.deals``      one ``/deal`` page, newest first; new ASINs
+                                          queued as candidates, up to the watermark
+ingest      ``workers.stages.ingest``     claim candidates, peek them in one
+                                          ``/product`` call, filter, commit survivors in
+                                          sub-batches with full data
+refresh     ``workers.stages.refresh``    claim the stalest deals, one light
+                                          ``/product`` call, rewrite or drop each
+==========  ============================  ==============================================
+
+``build_stages(role, ...)`` returns the stages of a role (``all``: the three). The runtime
+asks each for its ``urgency(now)`` and runs ``run_once(now)`` of the most urgent; ``now`` is
+wall-clock epoch seconds (``time.time()``), the clock the database and Keepa's deal times use.
+Stages spend tokens only through ``permits.call`` and return claims with ``give_back()``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from common.config import Settings
+from common.errors import PermitRejected
+from common.keepa import KeepaClient, KeepaResponse
+from common.storage import Storage
+from workers.costs import LIGHT_COST_PER_PRODUCT, ProductCostModel
+from workers.filters import PRICE_NEW, Facts
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+log = logging.getLogger(__name__)
+
+ROLES = ("deals", "ingest", "refresh", "all")
+# Shrinking a batch after "too_large" converges in a few steps; this bounds the loop.
+MAX_TOO_LARGE_RETRIES = 8
+# Urgency scale shared by the stages (the runtime runs the highest; 0 = nothing to do).
+URGENCY_NONE = 0.0
+URGENCY_BASE = 1.0
+URGENCY_SPAN = 2.0  # backlog adds up to this much
+URGENCY_AGING = 0.5  # a stage that has waited AGING_S gets up to this much more (breaks ties)
+AGING_S = 60.0
+
+
+class Permits(Protocol):
+    """What the stages use of ``workers.permit_client.PermitClient``."""
+
+    def call(
+        self,
+        cost: int,
+        fn: Callable[[], KeepaResponse],
+        *,
+        priority: int = 0,
+        deadline_s: float | None = None,
+    ) -> KeepaResponse: ...
+
+    def max_cost(self) -> int: ...
+
+    def advance(self, stage: str, items: int = 0) -> None: ...
+
+    def report(self, info: dict[str, Any]) -> None: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+
+class Stage(Protocol):
+    name: str
+
+    def urgency(self, now: float) -> float:
+        """0 = nothing to do now; higher = more useful next."""
+        ...
+
+    def run_once(self, now: float) -> int:
+        """One batch; returns the items done. Spends tokens only through ``permits.call``."""
+        ...
+
+    def give_back(self) -> None:
+        """Return the claims in hand (SIGTERM or an error)."""
+        ...
+
+
+@dataclass
+class FeedState:
+    """What the deals stage last saw of the feed (reported with every batch)."""
+
+    stale: bool | None = None
+    newest_deal_age_s: float | None = None
+
+
+@dataclass
+class Pipeline:
+    """What the stages of one worker share."""
+
+    settings: Settings
+    keepa: KeepaClient
+    permits: Permits
+    storage: Storage
+    owner: str
+    costs: ProductCostModel  # /product with offers (peek, commit)
+    light_costs: ProductCostModel  # /product without offers (refresh)
+    clock: Callable[[], float] = time.time
+    feed: FeedState = field(default_factory=FeedState)
+    # The account's largest grantable cost learned from a "too_large" REJECT, for when the
+    # permit client does not know it (yet).
+    max_cost_hint: int = 0
+
+    @property
+    def domain(self) -> int:
+        return self.settings.keepa.domain
+
+    def max_cost(self) -> int:
+        return self.permits.max_cost() or self.max_cost_hint
+
+    def report(self, now: float, **extra: Any) -> None:
+        pipeline = self.storage.totals(now)
+        pipeline["cost_per_product"] = round(self.costs.per_product, 2)
+        pipeline["cost_per_product_light"] = round(self.light_costs.per_product, 2)
+        pipeline.update(extra)
+        self.permits.report(
+            {
+                "pipeline": pipeline,
+                "feed_stale": self.feed.stale,
+                "newest_deal_age_s": self.feed.newest_deal_age_s,
+            }
+        )
+
+    def product_call(
+        self,
+        stage: str,
+        asins: list[str],
+        *,
+        history: bool,
+        offers: bool,
+        on_shrink: Callable[[list[str]], None],
+        before_call: Callable[[list[str]], None] | None = None,
+    ) -> tuple[KeepaResponse, list[str]]:
+        """One ``/product`` call on ``asins`` (``stats=worker.stats_days``; with
+        ``offers=worker.offers`` when ``offers``) under a permit of the estimated cost.
+
+        On ``PermitRejected("too_large")`` the batch shrinks to what ``max_cost`` pays for:
+        the ASINs cut off go to ``on_shrink`` (to be given back) and the call is retried.
+        ``before_call`` runs once granted, right before the HTTP call (claim renewal).
+        Returns the response and the ASINs it was made for; the cost model learns from it.
+        """
+        w = self.settings.worker
+        costs = self.costs if offers else self.light_costs
+        cap = 0
+        for _ in range(MAX_TOO_LARGE_RETRIES):
+            cost = costs.estimate(len(asins))
+            if cap:
+                cost = min(cost, cap)
+
+            def fn(batch: list[str] = asins) -> KeepaResponse:
+                if before_call is not None:
+                    before_call(batch)
+                return self.keepa.product(
+                    batch,
+                    domain=self.domain,
+                    stats=w.stats_days,
+                    history=history,
+                    offers=w.offers if offers else None,
+                )
+
+            try:
+                resp = self.permits.call(cost, fn)
+            except PermitRejected as exc:
+                if exc.reason != "too_large" or exc.max_cost <= 0:
+                    raise
+                self.max_cost_hint = exc.max_cost
+                n = costs.fit(len(asins), exc.max_cost)
+                if n < len(asins):
+                    log.info(
+                        "%s: %d tokens is more than the account can grant (%d): %d ASINs a call",
+                        stage,
+                        cost,
+                        exc.max_cost,
+                        n,
+                    )
+                    on_shrink(asins[n:])
+                    asins = asins[:n]
+                else:
+                    # Even one product is estimated above the cap: ask for the cap.
+                    cap = exc.max_cost
+                continue
+            costs.observe(resp.envelope.tokens_consumed, len(products_of(resp)))
+            return resp, asins
+        raise PermitRejected("too_large", self.max_cost_hint)
+
+
+def products_of(resp: KeepaResponse) -> dict[str, dict[str, Any]]:
+    """The products of a ``/product`` answer by ASIN (unknown ASINs are absent)."""
+    out: dict[str, dict[str, Any]] = {}
+    for product in resp.payload.get("products") or []:
+        if isinstance(product, dict) and isinstance(product.get("asin"), str):
+            out[product["asin"].upper()] = product
+    return out
+
+
+def deal_row(
+    product: dict[str, Any], facts: Facts, fee_percent: float, *, with_history: bool
+) -> dict[str, Any]:
+    """The ``deals`` row of a product that qualified (see ``common.storage.DEAL_FIELDS``)."""
+    raw = {k: v for k, v in product.items() if k != "csv"}
+    row: dict[str, Any] = {
+        "asin": facts.asin,
+        "title": facts.title,
+        "price_type": PRICE_NEW,
+        "current": facts.current,
+        "avg90": facts.avg90,
+        "drop_percent": facts.drop_percent,
+        "sales_rank": facts.sales_rank,
+        "offers": facts.offers,
+        "profit": facts.profit(fee_percent),
+        "raw": json.dumps(raw, separators=(",", ":")),
+    }
+    if with_history and product.get("csv") is not None:
+        row["history"] = json.dumps(product["csv"], separators=(",", ":"))
+    return row
+
+
+def aging(now: float, last_run: float | None) -> float:
+    """The tie-breaking bonus of a stage that last ran at ``last_run``."""
+    if last_run is None:
+        return URGENCY_AGING
+    return URGENCY_AGING * min(1.0, max(0.0, now - last_run) / AGING_S)
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def build_stages(
+    role: str,
+    settings: Settings,
+    keepa: KeepaClient,
+    permits: Permits,
+    storage: Storage,
+    *,
+    owner: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> list[Stage]:
+    """The stages of ``role`` (deals, ingest, refresh or all), sharing one cost model.
+
+    ``owner`` names this worker's claims in the database: the worker id (default: the
+    permit client's ``worker_id`` when it has one, else ``host:pid``).
+    """
+    from workers.stages.deals import DealsStage
+    from workers.stages.ingest import IngestStage
+    from workers.stages.refresh import RefreshStage
+
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    owner = owner or getattr(permits, "worker_id", None) or default_owner()
+    ctx = Pipeline(
+        settings=settings,
+        keepa=keepa,
+        permits=permits,
+        storage=storage,
+        owner=str(owner),
+        costs=ProductCostModel(settings.worker.cost_per_product),
+        light_costs=ProductCostModel(LIGHT_COST_PER_PRODUCT),
+        clock=clock,
+    )
+    makers: dict[str, Callable[[Pipeline], Stage]] = {
+        "deals": DealsStage,
+        "ingest": IngestStage,
+        "refresh": RefreshStage,
+    }
+    names: Sequence[str] = list(makers) if role == "all" else [role]
+    return [makers[name](ctx) for name in names]

@@ -1,0 +1,245 @@
+"""The stages against the real simulator (in-process, no latency, a short refill period), a
+real SQLite file and the fake permit client: call counts as the simulator saw them, the
+watermark, the stale-feed warning, rejections with reasons, refresh drops, cost learning."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from stages.stage_support import FakePermits, make_settings
+
+from common.keepa import KeepaClient
+from common.storage import Storage
+from workers.stages import build_stages
+
+server = pytest.importorskip("sim.server")
+
+KEY = "stage-tests-key"
+D = 1
+UNKNOWN = ["X000000001", "X000000002", "X000000003"]  # not in any simulated catalog
+
+
+@pytest.fixture
+def sim() -> Iterator[Any]:
+    with server.SimServer(
+        port=0, refill_rate=5000, refill_period_s=0.05, seed=3, latency_scale=0.0
+    ) as s:
+        yield s
+
+
+class RecordingKeepa(KeepaClient):
+    """The real client, remembering every /product call (ASINs, options) and /deal selection."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.product_calls: list[dict[str, Any]] = []
+        self.deal_calls: list[dict[str, Any]] = []
+
+    def product(self, asins: Any, **kwargs: Any) -> Any:
+        self.product_calls.append({"asins": list(asins), **kwargs})
+        return super().product(self.product_calls[-1]["asins"], **kwargs)
+
+    def deal(self, selection: Any) -> Any:
+        self.deal_calls.append(dict(selection))
+        return super().deal(selection)
+
+
+@pytest.fixture
+def keepa(sim: Any) -> Iterator[RecordingKeepa]:
+    client = RecordingKeepa(sim.url, KEY, read_timeout_s=20)
+    yield client
+    client.close()
+
+
+def stages(
+    role: str, keepa: KeepaClient, permits: FakePermits, storage: Storage, **sections: Any
+) -> Any:
+    return build_stages(role, make_settings(**sections), keepa, permits, storage)  # type: ignore[arg-type]
+
+
+def calls(sim: Any) -> tuple[int, int]:
+    state = sim.state(KEY)
+    return state["deal_calls"], state["product_calls"]
+
+
+def queue_from_feed(keepa: RecordingKeepa, storage: Storage, n_pages: int = 1) -> None:
+    """Fill the candidate queue from the feed (one deals scan, stopped by a full queue)."""
+    permits = FakePermits()
+    (deals,) = stages("deals", keepa, permits, storage, worker={"ingest_batch": 15 * n_pages})
+    deals.run_once(deals.ctx.clock())
+
+
+# --- deals ----------------------------------------------------------------------------
+
+
+def test_finder_pages_then_stops_at_the_watermark(
+    sim: Any, keepa: RecordingKeepa, storage: Storage
+) -> None:
+    permits = FakePermits()
+    # A full queue is 10 batches of 30 = 300 candidates: the first scan reads 2 pages, or 3
+    # when new deals pushed some of page 0 onto page 1 meanwhile (the feed is live).
+    (deals,) = stages("deals", keepa, permits, storage, worker={"ingest_batch": 30})
+    pages = 0
+    while deals.urgency(deals.ctx.clock()) > 0 and pages < 20:
+        assert deals.run_once(deals.ctx.clock()) == 150
+        pages += 1
+    assert 2 <= pages <= 3 and calls(sim) == (pages, 0)
+    assert [c["page"] for c in keepa.deal_calls] == list(range(pages))
+    assert permits.granted == [5] * pages
+    queued = storage.totals()["candidates_waiting"]
+    assert 300 <= queued <= 150 * pages
+    assert permits.reports[-1]["feed_stale"] is False
+    assert permits.reports[-1]["newest_deal_age_s"] < 3600
+
+    # Scanned just now, the queue is long: nothing to do. Forced, a scan reads one page and
+    # stops at the watermark (only the deals of the last moments are new).
+    assert deals.urgency(deals.ctx.clock()) == 0
+    deals.run_once(deals.ctx.clock())
+    assert calls(sim) == (pages + 1, 0) and keepa.deal_calls[-1]["page"] == 0
+    assert storage.totals()["candidates_waiting"] - queued < 150
+    assert deals.urgency(deals.ctx.clock()) == 0  # the scan is over
+
+
+def test_stale_feed_is_warned_and_reported(
+    sim: Any, keepa: RecordingKeepa, storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    stale_s = 2 * 86400
+    requests.post(f"{sim.url}/_sim/feed", params={"stale_s": stale_s}, timeout=5).raise_for_status()
+    permits = FakePermits()
+    (deals,) = stages("deals", keepa, permits, storage, worker={"ingest_batch": 1})
+    with caplog.at_level(logging.WARNING, logger="workers.stages.deals"):
+        deals.run_once(deals.ctx.clock())
+    assert [r for r in caplog.records if "stale" in r.getMessage()]
+    info = permits.reports[-1]
+    assert info["feed_stale"] is True
+    assert info["newest_deal_age_s"] >= stale_s - 120
+
+
+# --- ingest ---------------------------------------------------------------------------
+
+
+def test_ingest_peeks_once_commits_in_sub_batches_and_records_reasons(
+    sim: Any, keepa: RecordingKeepa, storage: Storage
+) -> None:
+    queue_from_feed(keepa, storage)
+    storage.add_candidates(D, UNKNOWN, source="test", now=0.0)  # oldest: claimed first
+    permits = FakePermits()
+    batch, commit = 40, 4
+    (ingest,) = stages(
+        "ingest", keepa, permits, storage, worker={"ingest_batch": batch, "commit_batch": commit}
+    )
+    deal_calls_before = calls(sim)[0]
+
+    assert ingest.run_once(ingest.ctx.clock()) == batch
+
+    peek, *commits = keepa.product_calls
+    assert len(peek["asins"]) == batch and set(UNKNOWN) <= set(peek["asins"])
+    assert peek["history"] is False and peek["offers"] == 20 and peek["stats"] == 90
+    # One full call per sub-batch of survivors: sim and client agree on the count.
+    assert calls(sim) == (deal_calls_before, 1 + len(commits))
+    assert len(permits.settles) == 1 + len(commits)
+    survivors = [a for c in commits for a in c["asins"]]
+    assert len(commits) == math.ceil(len(survivors) / commit)
+    assert all(c["history"] is True and c["offers"] == 20 for c in commits)
+    assert all(len(c["asins"]) == commit for c in commits[:-1])
+
+    t = storage.totals()
+    reasons = t["rejections_by_reason"]
+    assert reasons["not_found"] == len(UNKNOWN)
+    assert set(reasons) - {"not_found"}, "the filters rejected some of the feed's deals"
+    assert set(reasons) <= {"not_found", "no_price", "sales_rank", "drop", "profit", "offers"}
+    assert 1 <= t["deals_live"] <= len(survivors)
+    assert t["deals_live"] + t["rejections"] == batch
+    # Every rejection carries its figures; every deal has its price history.
+    for reason, detail in storage.conn.execute("SELECT reason, detail FROM rejections"):
+        if reason not in ("not_found", "no_price"):
+            assert '"value"' in detail, (reason, detail)
+    no_history = storage.conn.execute("SELECT count(*) FROM deals WHERE history IS NULL")
+    assert no_history.fetchone()[0] == 0
+    assert t["candidates_claimed"] == 0
+    assert storage.integrity_check() == "ok"
+
+
+def test_costs_learn_from_settles(sim: Any, keepa: RecordingKeepa, storage: Storage) -> None:
+    queue_from_feed(keepa, storage)
+    permits = FakePermits()
+    (ingest,) = stages("ingest", keepa, permits, storage, worker={"ingest_batch": 30})
+    assert ingest.ctx.costs.per_product == 5.0  # worker.cost_per_product
+    consumed_before = sim.state(KEY)["tokens_consumed"]  # the deal scan
+    ingest.run_once(ingest.ctx.clock())
+    (peek_cost, peek_consumed), *commit_settles = permits.settles
+    assert peek_cost == 150  # 30 x 5
+    assert peek_consumed is not None and peek_consumed >= 6 * 30  # offers: 6 a page
+    # Every feed ASIN is found: the first commit asks ceil(consumed / 30 x n).
+    assert commit_settles, "some deal survived the peek"
+    n = len(keepa.product_calls[1]["asins"])
+    assert commit_settles[0][0] == math.ceil(peek_consumed / 30 * n)
+    assert ingest.ctx.costs.per_product >= peek_consumed / 30
+    spent = sim.state(KEY)["tokens_consumed"] - consumed_before
+    assert spent == sum(c for _, c in permits.settles if c)
+
+
+def test_batch_shrinks_to_what_the_account_can_grant(
+    sim: Any, keepa: RecordingKeepa, storage: Storage
+) -> None:
+    queue_from_feed(keepa, storage)
+    permits = FakePermits(grantable=60)
+    (ingest,) = stages("ingest", keepa, permits, storage, worker={"ingest_batch": 50})
+    waiting = storage.totals()["candidates_waiting"]
+    ingest.run_once(ingest.ctx.clock())
+    assert permits.rejected == [250]
+    first = permits.granted[0]
+    assert first <= 60
+    assert sim.state(KEY)["product_calls"] >= 1
+    # 12 ASINs (60 / 5) were peeked; the other 38 went back to the queue.
+    t = storage.totals()
+    assert t["candidates_claimed"] == 0
+    assert waiting - t["candidates_waiting"] == 12
+    # The next batch is sized from the learned cost and the known cap: no more rejections.
+    ingest.run_once(ingest.ctx.clock())
+    assert permits.rejected == [250]
+    assert all(cost <= 60 for cost in permits.granted)
+
+
+# --- refresh --------------------------------------------------------------------------
+
+
+def test_refresh_drops_deals_that_stopped_qualifying(
+    sim: Any, keepa: RecordingKeepa, storage: Storage
+) -> None:
+    queue_from_feed(keepa, storage)
+    permits = FakePermits()
+    (ingest,) = stages("ingest", keepa, permits, storage, worker={"ingest_batch": 60})
+    ingest.run_once(ingest.ctx.clock())
+    ranks = sorted(r for (r,) in storage.conn.execute("SELECT sales_rank FROM deals"))
+    assert len(ranks) >= 2, "the feed gave at least two deals"
+    # Stricter settings now: half of the deals rank too low (the ranks are stable within
+    # seconds, and a rank tie only keeps one more).
+    limit = ranks[len(ranks) // 2 - 1]
+    too_low = sum(1 for r in ranks if r > limit)
+    worker = {"refresh_after_s": 0.0, "refresh_batch": 100}
+    (refresh,) = stages(
+        "refresh", keepa, permits, storage, worker=worker, filters={"max_sales_rank": limit}
+    )
+    now = refresh.ctx.clock()
+    assert refresh.urgency(now) > 0
+    products_before = calls(sim)[1]
+    granted_before = len(permits.granted)
+
+    assert refresh.run_once(now) == len(ranks)
+
+    assert calls(sim)[1] == products_before + 1  # one light call
+    assert permits.granted[granted_before:] == [len(ranks)]  # 1 token a product
+    t = storage.totals()
+    dropped = t["rejections_by_reason"].get("refresh:sales_rank", 0)
+    assert dropped == too_low >= 1
+    assert t["deals_live"] == len(ranks) - dropped and t["deals_dropped"] == dropped
+    assert all(r <= limit for (r,) in storage.conn.execute("SELECT sales_rank FROM deals"))
+    kept = storage.conn.execute("SELECT min(refreshes), min(updated_at) FROM deals").fetchone()
+    assert kept[0] == 1 and kept[1] >= now
+    assert t["deals_claimed"] == 0

@@ -1,0 +1,63 @@
+"""What to ask the broker for: token cost estimates, learned from what Keepa charged.
+
+A ``/deal`` page costs ``DEAL_PAGE_COST`` (5). A ``/product`` call with ``offers=N`` costs
+6 tokens per found page of up to 10 offers per product (1 when the offer refresh fails),
+nothing for an unknown ASIN; ``stats`` and ``history`` are free. So the cost per product
+depends on the catalog, and ``ProductCostModel`` learns it: each settled call gives
+``tokensConsumed / products found``, and the estimate is the largest of the last
+``WINDOW_CALLS`` such figures (erring high: a permit a little too large only delays the next
+grant a little; one too small lets the fleet overdraw the account). Before any observation it
+is ``worker.cost_per_product``.
+
+Calls without offers (refresh) have a model of their own, starting at
+``LIGHT_COST_PER_PRODUCT`` (1). The permit for a call on ``n`` ASINs is
+``ceil(estimate × n)``; batch sizes keep that within the largest permit the account can ever
+grant (``fit``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+DEAL_PAGE_COST = 5
+# A /product call without offers: 1 token per found product (refresh's light update).
+LIGHT_COST_PER_PRODUCT = 1.0
+WINDOW_CALLS = 8
+MAX_ASINS_PER_CALL = 100
+
+
+class ProductCostModel:
+    """Tokens per found product of one kind of ``/product`` call, learned from settles."""
+
+    def __init__(self, initial_per_product: float, *, window: int = WINDOW_CALLS) -> None:
+        if initial_per_product <= 0:
+            raise ValueError("initial_per_product must be > 0")
+        self.initial = float(initial_per_product)
+        self._recent: deque[float] = deque(maxlen=window)
+
+    @property
+    def per_product(self) -> float:
+        return max(self._recent) if self._recent else self.initial
+
+    def estimate(self, n_asins: int) -> int:
+        """The permit to ask for a call on ``n_asins`` ASINs (at least 1)."""
+        return max(1, math.ceil(self.per_product * max(0, n_asins) - 1e-9))
+
+    def observe(self, tokens_consumed: int, products_found: int) -> None:
+        """Learn from one settled call. A call that found nothing teaches nothing."""
+        if products_found <= 0 or tokens_consumed < 0:
+            return
+        self._recent.append(tokens_consumed / products_found)
+
+    def fit(self, wanted: int, max_cost: int) -> int:
+        """How many ASINs one call may carry: ``wanted``, at most 100, and — when the largest
+        grantable permit ``max_cost`` is known (> 0) — no more than it pays for. At least 1:
+        a single product is the smallest call there is."""
+        n = max(1, min(wanted, MAX_ASINS_PER_CALL))
+        if max_cost > 0:
+            n = min(n, max(1, math.floor(max_cost / self.per_product + 1e-9)))
+        return n
+
+    def __repr__(self) -> str:
+        return f"ProductCostModel(per_product={self.per_product:.2f})"

@@ -1,0 +1,191 @@
+"""Ingest: turn queued candidates into deals or rejections.
+
+One batch: claim up to ``worker.ingest_batch`` candidates (fewer when the account cannot
+grant the cost of that many), *peek* them in ONE ``/product`` call (stats, offers, no price
+history), reject those that fail a filter (or that Keepa does not know: ``not_found``), then
+*commit* the survivors in sub-batches of ``worker.commit_batch``: one ``/product`` call each
+with the full data (price history included), filters checked again on it, deals upserted.
+Every candidate leaves the queue in the transaction that writes its deal or its rejection;
+what is not done (SIGTERM between sub-batches, an error) is given back to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout
+from common.storage import Rejection
+from workers.filters import check, facts
+from workers.stages import (
+    URGENCY_BASE,
+    URGENCY_NONE,
+    URGENCY_SPAN,
+    Pipeline,
+    aging,
+    deal_row,
+    products_of,
+)
+
+log = logging.getLogger(__name__)
+
+NAME = "ingest"
+
+
+class IngestStage:
+    name = NAME
+
+    def __init__(self, ctx: Pipeline) -> None:
+        self.ctx = ctx
+        self._in_hand: list[str] = []
+        self._last_run: float | None = None
+        self._committed = 0  # deals committed in the batch in hand
+
+    # --- scheduling ---------------------------------------------------------------------
+
+    def urgency(self, now: float) -> float:
+        waiting = self.ctx.storage.claimable_candidates(self.ctx.domain, now)
+        if waiting <= 0:
+            return URGENCY_NONE
+        batch = self.ctx.settings.worker.ingest_batch
+        backlog = min(1.0, waiting / (2.0 * batch))
+        return URGENCY_BASE + URGENCY_SPAN * backlog + aging(now, self._last_run)
+
+    # --- one batch ----------------------------------------------------------------------
+
+    def run_once(self, now: float) -> int:
+        ctx, w = self.ctx, self.ctx.settings.worker
+        self._last_run = now
+        size = ctx.costs.fit(w.ingest_batch, ctx.max_cost())
+        claimed = ctx.storage.claim_candidates(
+            ctx.domain, ctx.owner, size, now=now, ttl_s=w.claim_ttl_s
+        )
+        if not claimed:
+            return 0
+        self._in_hand = list(claimed)
+        try:
+            done = self._process(claimed)
+        except (BrokerUnavailable, PermitTimeout, PermitRejected):
+            # No permit: the candidates were not tried, so the attempt does not count.
+            self._release(count_attempt=False)
+            raise
+        except BaseException:
+            self._release(count_attempt=True)
+            raise
+        self._in_hand = []
+        ctx.report(ctx.clock(), last_stage=NAME)
+        return done
+
+    def _process(self, claimed: list[str]) -> int:
+        ctx, w, f = self.ctx, self.ctx.settings.worker, self.ctx.settings.filters
+        resp, batch = ctx.product_call(
+            NAME,
+            claimed,
+            history=False,
+            offers=True,
+            on_shrink=self._give_back_unused,
+            before_call=self._renew,
+        )
+        found = products_of(resp)
+        survivors: list[str] = []
+        rejections: list[Rejection] = []
+        for asin in batch:
+            product = found.get(asin)
+            if product is None:
+                rejections.append(Rejection(asin, "not_found", "not_found", {}))
+                continue
+            failure = check(facts(product), f)
+            if failure is None:
+                survivors.append(asin)
+            else:
+                rejections.append(Rejection(asin, failure.filter, failure.filter, failure.detail))
+        done = ctx.storage.reject_candidates(ctx.domain, rejections, ctx.clock())
+        self._forget([r.asin for r in rejections])
+        ctx.permits.advance(NAME, done)
+        log.debug("peeked %d: %d rejected, %d to commit", len(batch), done, len(survivors))
+        self._committed = 0
+
+        step = max(1, w.commit_batch)
+        for start in range(0, len(survivors), step):
+            if ctx.permits.stopping:
+                rest = survivors[start:]
+                log.info("stopping: giving back %d survivors not committed yet", len(rest))
+                ctx.storage.release_candidates(ctx.domain, ctx.owner, rest, count_attempt=False)
+                self._forget(rest)
+                break
+            done += self._commit(survivors[start : start + step])
+        log.info(
+            "ingest: %d candidates peeked, %d deals committed, %d rejected",
+            len(batch),
+            self._committed,
+            done - self._committed,
+        )
+        return done
+
+    def _commit(self, chunk: list[str]) -> int:
+        ctx, f = self.ctx, self.ctx.settings.filters
+        resp, chunk = ctx.product_call(
+            NAME,
+            chunk,
+            history=True,
+            offers=True,
+            on_shrink=self._give_back_unused,
+            before_call=self._renew,
+        )
+        found = products_of(resp)
+        deals = []
+        rejections: list[Rejection] = []
+        for asin in chunk:
+            product = found.get(asin)
+            if product is None:
+                rejections.append(Rejection(asin, "not_found", "not_found", {}))
+                continue
+            product_facts = facts(product)
+            failure = check(product_facts, f)
+            if failure is None:
+                deals.append(deal_row(product, product_facts, f.fee_percent, with_history=True))
+            else:
+                rejections.append(Rejection(asin, failure.filter, failure.filter, failure.detail))
+        now = ctx.clock()
+        n = ctx.storage.commit_deals(ctx.domain, deals, now)
+        n += ctx.storage.reject_candidates(ctx.domain, rejections, now)
+        self._forget(chunk)
+        ctx.permits.advance(NAME, n)
+        self._committed += len(deals)
+        return n
+
+    # --- claims -------------------------------------------------------------------------
+
+    def _renew(self, asins: list[str]) -> None:
+        ctx = self.ctx
+        ctx.storage.renew_claims(
+            "candidates",
+            ctx.domain,
+            ctx.owner,
+            self._in_hand or asins,
+            now=ctx.clock(),
+            ttl_s=ctx.settings.worker.claim_ttl_s,
+        )
+
+    def _give_back_unused(self, asins: list[str]) -> None:
+        ctx = self.ctx
+        ctx.storage.release_candidates(ctx.domain, ctx.owner, asins, count_attempt=False)
+        self._forget(asins)
+
+    def _forget(self, asins: list[str]) -> None:
+        gone = set(asins)
+        self._in_hand = [a for a in self._in_hand if a not in gone]
+
+    def give_back(self) -> None:
+        self._release(count_attempt=True)
+
+    def _release(self, *, count_attempt: bool) -> None:
+        """Queue the candidates in hand again. A candidate whose attempts keep failing is
+        rejected after ``common.storage.MAX_CLAIM_ATTEMPTS`` claims."""
+        if not self._in_hand:
+            return
+        ctx = self.ctx
+        n = ctx.storage.release_candidates(
+            ctx.domain, ctx.owner, self._in_hand, count_attempt=count_attempt
+        )
+        log.info("gave back %d claimed candidates", n)
+        self._in_hand = []

@@ -1,0 +1,145 @@
+"""Refresh: keep the live deals true.
+
+One batch: claim up to ``worker.refresh_batch`` deals last updated more than
+``worker.refresh_after_s`` ago, stalest first (fewer when the account cannot grant the cost),
+update them with ONE light ``/product`` call, then rewrite those that still pass the filters
+and drop the others: deleted, with a rejection ``refresh:<filter>`` (``refresh:not_found``
+when Keepa no longer knows the ASIN). The price history stored at commit is kept.
+
+The light call is ``stats=worker.stats_days``, ``history=0`` and *no* ``offers``: 1 token
+per product instead of 6 or more. Every filter can still be checked: prices, averages and
+the sales rank come from ``stats``, and the offer count from ``stats.current[COUNT_NEW]``,
+which Keepa tracks without offers. Keepa's copy is refreshed automatically when it is older
+than an hour, so the figures are at most an hour old — as fresh as the refresh period asks
+for, and refresh stays cheap enough never to starve ingest.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from common.storage import Rejection
+from workers.filters import check, facts
+from workers.stages import (
+    URGENCY_BASE,
+    URGENCY_NONE,
+    URGENCY_SPAN,
+    Pipeline,
+    aging,
+    deal_row,
+    products_of,
+)
+
+log = logging.getLogger(__name__)
+
+NAME = "refresh"
+# Overdue by this many refresh periods = the full backlog urgency.
+FULL_URGENCY_PERIODS = 1.0
+MIN_PERIOD_S = 60.0
+
+
+class RefreshStage:
+    name = NAME
+
+    def __init__(self, ctx: Pipeline) -> None:
+        self.ctx = ctx
+        self._in_hand: list[str] = []
+        self._last_run: float | None = None
+
+    def urgency(self, now: float) -> float:
+        stalest = self.ctx.storage.stalest_claimable_deal(self.ctx.domain, now)
+        if stalest is None:
+            return URGENCY_NONE
+        period = self.ctx.settings.worker.refresh_after_s
+        overdue = now - (stalest + period)
+        if overdue < 0:
+            return URGENCY_NONE
+        backlog = min(1.0, overdue / (FULL_URGENCY_PERIODS * max(period, MIN_PERIOD_S)))
+        return URGENCY_BASE + URGENCY_SPAN * backlog + aging(now, self._last_run)
+
+    def run_once(self, now: float) -> int:
+        ctx, w = self.ctx, self.ctx.settings.worker
+        self._last_run = now
+        size = ctx.costs.fit(w.refresh_batch, ctx.max_cost())
+        claimed = ctx.storage.claim_stale_deals(
+            ctx.domain,
+            ctx.owner,
+            size,
+            now=now,
+            due_before=now - w.refresh_after_s,
+            ttl_s=w.claim_ttl_s,
+        )
+        if not claimed:
+            return 0
+        self._in_hand = list(claimed)
+        try:
+            done = self._process(claimed)
+        except BaseException:
+            self.give_back()
+            raise
+        self._in_hand = []
+        ctx.report(ctx.clock(), last_stage=NAME)
+        return done
+
+    def _process(self, claimed: list[str]) -> int:
+        ctx, f = self.ctx, self.ctx.settings.filters
+        resp, batch = ctx.product_call(
+            NAME,
+            claimed,
+            history=False,
+            offers=False,
+            on_shrink=self._give_back_unused,
+            before_call=self._renew,
+        )
+        found = products_of(resp)
+        keep = []
+        drop: list[Rejection] = []
+        for asin in batch:
+            product = found.get(asin)
+            if product is None:
+                drop.append(Rejection(asin, "refresh:not_found", "not_found", {}))
+                continue
+            product_facts = facts(product)
+            failure = check(product_facts, f)
+            if failure is None:
+                keep.append(deal_row(product, product_facts, f.fee_percent, with_history=False))
+            else:
+                drop.append(
+                    Rejection(asin, f"refresh:{failure.filter}", failure.filter, failure.detail)
+                )
+        now = ctx.clock()
+        done = ctx.storage.refresh_deals(ctx.domain, keep, now)
+        done += ctx.storage.drop_deals(ctx.domain, drop, now)
+        self._in_hand = []
+        ctx.permits.advance(NAME, done)
+        log.log(
+            logging.INFO if drop else logging.DEBUG,
+            "refresh: %d deals kept, %d dropped",
+            len(keep),
+            len(drop),
+        )
+        return done
+
+    def _renew(self, asins: list[str]) -> None:
+        ctx = self.ctx
+        ctx.storage.renew_claims(
+            "deals",
+            ctx.domain,
+            ctx.owner,
+            asins,
+            now=ctx.clock(),
+            ttl_s=ctx.settings.worker.claim_ttl_s,
+        )
+
+    def _give_back_unused(self, asins: list[str]) -> None:
+        ctx = self.ctx
+        ctx.storage.release_deals(ctx.domain, ctx.owner, asins)
+        gone = set(asins)
+        self._in_hand = [a for a in self._in_hand if a not in gone]
+
+    def give_back(self) -> None:
+        if not self._in_hand:
+            return
+        n = self.ctx.storage.release_deals(self.ctx.domain, self.ctx.owner, self._in_hand)
+        log.info("gave back %d claimed deals", n)
+        self._in_hand = []
