@@ -1,0 +1,192 @@
+"""A whole fleet of real processes for end-to-end and fault tests: the simulator, the
+broker and workers, each a `keepa-fleet` subprocess on random ports, configured through
+the environment exactly as supervisord would. ``check_invariants`` states what must hold
+after any run or fault."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import requests
+from support import Processes, fleet_command, free_port, wait_until
+
+from broker.status_cli import fetch_status
+from common.config import SIM_DEMO_KEY
+
+FAST_ENV = {
+    "FLEET_BROKER_HEARTBEAT_S": "0.2",
+    "FLEET_BROKER_LIVENESS": "5",
+    "FLEET_BROKER_KILL_GRACE_S": "1",
+    "FLEET_BROKER_SYNC_MIN_INTERVAL_S": "0.2",
+    "FLEET_BROKER_SHORT_WAIT_S": "1",
+    "FLEET_BROKER_STALL_S": "20",
+    "FLEET_WORKER_DEALS_INTERVAL_S": "1",
+    "FLEET_WORKER_RECONNECT_MAX_S": "0.5",
+    "FLEET_WORKER_GRANT_WAIT_S": "30",
+    "FLEET_WORKER_CLAIM_TTL_S": "5",
+    "FLEET_KEEPA_READ_TIMEOUT_S": "10",
+    "FLEET_BROKER_LEASE_TTL_S": "15",
+}
+
+
+class Fleet:
+    def __init__(
+        self,
+        processes: Processes,
+        tmp_path: Path,
+        *,
+        refill_rate: int = 200,
+        refill_period_s: float = 0.5,
+        tokens: int | None = None,
+        latency_scale: float = 0.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.processes = processes
+        self.tmp = tmp_path
+        self.sim_port = free_port()
+        self.broker_address = f"tcp://127.0.0.1:{free_port()}"
+        self.db = tmp_path / "fleet.db"
+        self.key = SIM_DEMO_KEY
+        self.sim_url = f"http://127.0.0.1:{self.sim_port}"
+        self.refill_rate = refill_rate
+        self.refill_period_s = refill_period_s
+        self.tokens = tokens
+        self.latency_scale = latency_scale
+        self.env = {
+            **FAST_ENV,
+            "FLEET_BROKER": self.broker_address,
+            "KEEPA_BASE_URL": self.sim_url,
+            "KEEPA_REFILL_PERIOD_S": str(refill_period_s),
+            "FLEET_DB": str(self.db),
+            "FLEET_LOG_LEVEL": "INFO",
+            **(env or {}),
+        }
+        for name in ("KEEPA_API_KEY", "FLEET_CONFIG"):
+            os.environ.pop(name, None)
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.broker: subprocess.Popen[bytes] | None = None
+
+    # --- processes ----------------------------------------------------------------------
+
+    def start_sim(self) -> None:
+        argv = fleet_command(
+            "sim",
+            "--port",
+            str(self.sim_port),
+            "--refill-rate",
+            str(self.refill_rate),
+            "--refill-period",
+            str(self.refill_period_s),
+            "--seed",
+            "7",
+            "--latency-scale",
+            str(self.latency_scale),
+        )
+        if self.tokens is not None:
+            argv += ["--tokens", str(self.tokens)]
+        self.processes.start("sim", argv, env=self.env)
+        wait_until(
+            lambda: requests.get(f"{self.sim_url}/token", params={"key": self.key}, timeout=2).ok,
+            20,
+            interval=0.1,
+            message="simulator up",
+        )
+
+    def start_broker(self, name: str = "broker") -> subprocess.Popen[bytes]:
+        self.broker = self.processes.start(
+            name, fleet_command("broker", "--bind", self.broker_address), env=self.env
+        )
+        wait_until(
+            lambda: self.status() is not None,
+            20,
+            interval=0.1,
+            message=lambda: f"broker answering; log:\n{self.processes.log(name)}",
+        )
+        return self.broker
+
+    def start_worker(self, worker_id: str, role: str = "all") -> subprocess.Popen[bytes]:
+        proc = self.processes.start(
+            worker_id,
+            fleet_command(
+                "worker",
+                "--id",
+                worker_id,
+                "--role",
+                role,
+                "--broker",
+                self.broker_address,
+                "--db",
+                str(self.db),
+            ),
+            env=self.env,
+        )
+        self.workers[worker_id] = proc
+        return proc
+
+    def start(self, workers: int = 3) -> None:
+        self.start_sim()
+        self.start_broker()
+        for i in range(workers):
+            self.start_worker(f"w{i}")
+
+    # --- observation --------------------------------------------------------------------
+
+    def status(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        return fetch_status(self.broker_address, timeout=timeout)
+
+    def sim_state(self) -> dict[str, Any]:
+        resp = requests.get(f"{self.sim_url}/_sim/state", params={"key": self.key}, timeout=5)
+        resp.raise_for_status()
+        return dict(resp.json())
+
+    def sim_admin(self, what: str, **params: Any) -> None:
+        resp = requests.post(
+            f"{self.sim_url}/_sim/{what}", params={"key": self.key, **params}, timeout=5
+        )
+        resp.raise_for_status()
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        if not self.db.exists():
+            return []
+        conn = sqlite3.connect(self.db, timeout=30)
+        try:
+            return conn.execute(sql).fetchall()
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            conn.close()
+
+    def count(self, table: str) -> int:
+        rows = self.query(f"select count(*) from {table}")
+        return int(rows[0][0]) if rows else 0
+
+    def worker_entry(self, worker_id: str) -> dict[str, Any] | None:
+        for w in (self.status() or {}).get("workers", []):
+            if w["id"] == worker_id and w["state"] not in ("gone",):
+                return dict(w)
+        return None
+
+    # --- invariants ---------------------------------------------------------------------
+
+    def check_invariants(self, *, max_deficit: int = 0) -> dict[str, Any]:
+        """What must hold after any run: no 429 caused by the fleet, the balance never below
+        -max_deficit, a sound database in which every candidate is accounted for."""
+        sim = self.sim_state()
+        assert sim["status_429"] == 0, f"the fleet caused {sim['status_429']} 429s"
+        assert sim["min_tokens_left"] >= -max_deficit, f"balance fell to {sim['min_tokens_left']}"
+        assert self.query("pragma integrity_check") == [("ok",)]
+        return sim
+
+    def spent_matches(self) -> bool:
+        """The simulator's consumed tokens equal the fleet's settled spend (once reconciled);
+        tokens spent by 'another program' (external consumption) excluded."""
+        state = self.status()
+        if state is None:
+            return False
+        sim = self.sim_state()
+        fleet_spent = int(state["tokens"]["spent"])
+        return sim["tokens_consumed"] - sim.get("external_consumed", 0) == fleet_spent
