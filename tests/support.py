@@ -6,6 +6,7 @@ and fails with a message when the deadline passes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -111,7 +112,5 @@ class Processes:
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -90,7 +90,7 @@ def test_describe_lists_every_setting_with_env() -> None:
     rows = describe()
     names = {r[0] for r in rows}
     assert {"keepa.api_key", "broker.address", "worker.db", "filters.max_offers"} <= names
-    assert ("keepa.api_key", "''", "KEEPA_API_KEY") == rows[0][:3]
+    assert rows[0][:3] == ("keepa.api_key", "''", "KEEPA_API_KEY")
 
 
 def test_cli_exits_78_naming_the_setting(tmp_path: Path) -> None:
