@@ -1,0 +1,206 @@
+"""``/product``: costs, parameters, payload, Keepa's copy (update), latency."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from sim.api import latency_s
+from sim.catalog import N_TYPES
+
+KEY = "test-key-0001"
+
+
+def cost_of(sim, asins, **params) -> int:
+    resp = sim.product(asins, **params)
+    assert resp.status_code == 200, resp.text
+    return int(resp.json()["tokensConsumed"])
+
+
+@pytest.mark.parametrize(
+    ("offers_count", "offers_param", "cost"),
+    [
+        (18, 40, 12),  # KEEPA_API.md's example: 2 found pages
+        (18, 20, 12),
+        (5, 20, 6),
+        (0, 20, 6),  # the first page is fetched even when empty
+        (25, 20, 12),  # 2 pages asked for, 3 there
+        (25, 100, 18),
+        (60, 100, 36),
+    ],
+)
+def test_offer_pages_cost_six_each(sim, offers_count, offers_param, cost):
+    p = sim.find(sim.with_offers(offers_count))
+    resp = sim.product([p.asin], offers=offers_param, stats=1)
+    body = resp.json()
+    assert body["tokensConsumed"] == cost
+    product = body["products"][0]
+    assert product["stats"]["current"][11] == offers_count  # COUNT_NEW
+    listed = min(offers_count, math.ceil(offers_param / 10) * 10)
+    assert len(product["offers"]) == listed
+    assert product["liveOffersOrder"] == list(range(listed))
+    assert product["offersSuccessful"] is True
+
+
+def test_costs_add_up_per_found_product(sim):
+    a = sim.find(sim.with_offers(18)).asin
+    b = sim.find(sim.with_offers(5)).asin
+    assert cost_of(sim, [a, b]) == 2
+    assert cost_of(sim, [a, b], offers=20) == 18
+    assert cost_of(sim, [a, b], buybox=1) == 6
+    assert cost_of(sim, [a, b], buybox=1, offers=20) == 18  # buybox ignored with offers
+    assert cost_of(sim, [a, a, b]) == 2  # a repeated ASIN is one product
+    with_box = sim.product([a], buybox=1, stats=30).json()["products"][0]
+    assert with_box["buyBoxSellerIdHistory"]
+    assert with_box["stats"]["buyBoxPrice"] == with_box["stats"]["current"][1]
+    assert with_box["csv"][18] is not None
+    plain = sim.product([a], stats=30).json()["products"][0]
+    assert "buyBoxSellerIdHistory" not in plain and plain["csv"][18] is None
+
+
+def test_rating_costs_one_for_products_with_rating_data(sim):
+    rated = sim.find(lambda p: p.rating >= 0).asin
+    unrated = sim.find(lambda p: p.rating < 0).asin
+    assert cost_of(sim, [rated], rating=1) == 2
+    assert cost_of(sim, [unrated], rating=1) == 1
+    body = sim.product([rated], rating=1, stats=30).json()["products"][0]
+    assert body["csv"][16] is not None and body["csv"][17] is not None
+    assert body["stats"]["current"][16] >= 0
+    plain = sim.product([rated], stats=30).json()["products"][0]
+    assert plain["csv"][16] is None
+    assert plain["stats"]["current"][16] == -1
+
+
+def test_unknown_asins_cost_nothing_and_yield_no_product(sim):
+    unknown = "B000000000"
+    assert sim.catalog.index(unknown) is None
+    body = sim.product([unknown, "0123456789"]).json()
+    assert body["products"] == []
+    assert body["tokensConsumed"] == 0
+    known = sim.catalog.asin(42)
+    body = sim.product([unknown, known.lower()]).json()
+    assert [p["asin"] for p in body["products"]] == [known]
+    assert body["tokensConsumed"] == 1
+    assert sim.state()["tokens_consumed"] == 1
+
+
+def test_product_payload(sim):
+    asin = sim.find(lambda p: p.offers0 > 0 and p.rank0 > 0).asin
+    body = sim.product([asin], stats=90).json()
+    (product,) = body["products"]
+    assert product["asin"] == asin
+    assert product["domainId"] == 1
+    assert isinstance(product["title"], str) and product["title"]
+    csv = product["csv"]
+    assert len(csv) == N_TYPES
+    new = csv[1]  # [keepa_minute, price, ...]
+    assert len(new) >= 4 and len(new) % 2 == 0
+    minutes = new[0::2]
+    assert minutes == sorted(minutes)
+    assert minutes[-1] == product["lastUpdate"]
+    stats = product["stats"]
+    for field in ("current", "avg", "avg30", "avg90", "avg180", "min", "max"):
+        assert len(stats[field]) == N_TYPES, field
+    current, avg90 = stats["current"], stats["avg90"]
+    assert current[1] > 0 and avg90[1] > 0  # prices in cents
+    assert current[3] > 0  # sales rank
+    assert new[-1] == current[1]
+    assert stats["min"][1][1] <= current[1] <= stats["max"][1][1]
+    # history=0 drops csv, same cost; no stats unless asked for.
+    light = sim.product([asin], history=0).json()
+    assert "csv" not in light["products"][0]
+    assert "stats" not in light["products"][0]
+    assert light["tokensConsumed"] == 1
+
+
+def test_update_minus_one_returns_keepas_old_copy(sim):
+    now = time.time()
+    cat = sim.catalog
+    p = sim.find(lambda p: now - cat.model_last_update(p, now) > 2 * 3600)
+    old = cat.model_last_update(p, now)
+    stale = sim.product([p.asin], update=-1).json()["products"][0]
+    assert stale["lastUpdate"] == int(old // 60) - 21_564_000
+    # Without update=-1 a copy older than an hour is refreshed...
+    fresh = sim.product([p.asin]).json()["products"][0]
+    assert fresh["lastUpdate"] >= sim.now_minute() - 1
+    # ...and Keepa's copy is now the fresh one.
+    assert (
+        sim.product([p.asin], update=-1).json()["products"][0]["lastUpdate"]
+        == (fresh["lastUpdate"])
+    )
+    # update=N hours: a copy older than N hours is refreshed.
+    q = sim.find(lambda q: 2 * 3600 < now - cat.model_last_update(q, now) < 4 * 3600)
+    kept = sim.product([q.asin], update=10).json()["products"][0]
+    assert kept["lastUpdate"] == int(cat.model_last_update(q, now) // 60) - 21_564_000
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [
+        ({"offers": 0}, 400),
+        ({"offers": 10}, 405),
+        ({"offers": 101}, 405),
+        ({"offers": "x"}, 400),
+        ({"stats": 0}, 405),
+        ({"stats": "abc"}, 400),
+        ({"history": 2}, 400),
+        ({"update": -2}, 405),
+        ({"buybox": "yes"}, 400),
+        ({"domain": 7}, 405),
+        ({"domain": "com"}, 400),
+        ({"asin": "SHORT"}, 400),
+        ({"asin": ""}, 400),
+    ],
+)
+def test_bad_parameters(sim, params, status):
+    query = {"domain": 1, "asin": sim.catalog.asin(0), **params}
+    resp = sim.get("/product", **query)
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    for field in sim.ENVELOPE_FIELDS:
+        assert field in body
+    assert body["tokensConsumed"] == 0
+    assert sim.state()["tokens_consumed"] == 0
+
+
+def test_at_most_100_asins(sim):
+    asins = sim.catalog.asins(0, 101)
+    resp = sim.product(asins)
+    assert resp.status_code == 400
+    assert resp.json()["tokensConsumed"] == 0
+    assert sim.product(asins[:100]).json()["tokensConsumed"] == 100
+
+
+def test_missing_domain_or_asin(sim):
+    assert sim.get("/product", asin=sim.catalog.asin(0)).status_code == 400
+    assert sim.get("/product", domain=1).status_code == 400
+
+
+def test_offer_refresh_failure_costs_one(make_sim):
+    sim = make_sim(offer_fail_rate=1.0)
+    p = sim.find(sim.with_offers(18))
+    body = sim.product([p.asin], offers=20).json()
+    assert body["tokensConsumed"] == 1
+    product = body["products"][0]
+    assert product["offersSuccessful"] is False
+    assert product["offers"] == []
+
+
+def test_latency_model_grows_with_asins_and_offers():
+    seed = 1
+    plain = [latency_s(0, seed, n, n, offers=False) for n in (1, 10, 100)]
+    assert plain == sorted(plain) and plain[0] < plain[-1]
+    offers = [latency_s(seq, seed, 10, 10, offers=True) for seq in range(2000)]
+    assert all(2.0 <= x <= 20.0 for x in offers)
+    assert 4.0 <= sum(offers) / len(offers) <= 6.0  # about 5 s on average
+    assert min(offers) > max(plain)
+    assert latency_s(7, seed, 100, 100, offers=True) > latency_s(7, seed, 1, 1, offers=True)
+
+
+def test_latency_is_applied_and_scaled(make_sim):
+    sim = make_sim(latency_scale=0.01)
+    p = sim.find(sim.with_offers(5))
+    body = sim.product([p.asin], offers=20).json()
+    assert body["processingTimeInMs"] >= 20  # >= 2 s x 0.01
