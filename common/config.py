@@ -172,7 +172,7 @@ class FilterSettings:
 @dataclasses.dataclass(frozen=True)
 class SimSettings:
     port: int = _field(SIM_DEFAULT_PORT, "simulator port on 127.0.0.1", lo=0, hi=65535)
-    refill_rate: int = _field(20, "simulated plan, tokens per refill", lo=1, hi=100_000)
+    refill_rate: int = _field(250, "simulated plan, tokens per refill", lo=1, hi=100_000)
     tokens: int = _field(
         -1, "simulated starting balance; -1 = full (60 x rate)", lo=-(10**9), hi=10**9
     )

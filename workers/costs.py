@@ -13,6 +13,11 @@ Calls without offers (refresh) have a model of their own, starting at
 ``LIGHT_COST_PER_PRODUCT`` (1). The permit for a call on ``n`` ASINs is
 ``ceil(estimate × n)``; batch sizes keep that within the largest permit the account can ever
 grant (``fit``).
+
+Workers share what they learned through the database (``state`` keys ``cost_per_product``
+and ``cost_per_product_light``): each writes its own figure after a call and takes the
+larger of its own and the shared one, so a new worker does not overdraw the account
+relearning the catalog, and the figure still follows the catalog down when it gets cheaper.
 """
 
 from __future__ import annotations
@@ -35,20 +40,37 @@ class ProductCostModel:
             raise ValueError("initial_per_product must be > 0")
         self.initial = float(initial_per_product)
         self._recent: deque[float] = deque(maxlen=window)
+        # What other workers learned (shared through the database); None = nothing yet.
+        self._shared: float | None = None
+
+    @property
+    def learned(self) -> float | None:
+        """This worker's own figure (the largest of its recent calls), None before any."""
+        return max(self._recent) if self._recent else None
 
     @property
     def per_product(self) -> float:
-        return max(self._recent) if self._recent else self.initial
+        """The estimate: the larger of this worker's and the fleet's learned figures (erring
+        high), else the initial one."""
+        known = [v for v in (self.learned, self._shared) if v is not None]
+        return max(known) if known else self.initial
+
+    def consider(self, shared: object) -> None:
+        """Take the fleet's learned figure into account (ignored unless a positive number)."""
+        if isinstance(shared, int | float) and not isinstance(shared, bool) and shared > 0:
+            self._shared = float(shared)
 
     def estimate(self, n_asins: int) -> int:
         """The permit to ask for a call on ``n_asins`` ASINs (at least 1)."""
         return max(1, math.ceil(self.per_product * max(0, n_asins) - 1e-9))
 
-    def observe(self, tokens_consumed: int, products_found: int) -> None:
-        """Learn from one settled call. A call that found nothing teaches nothing."""
+    def observe(self, tokens_consumed: int, products_found: int) -> bool:
+        """Learn from one settled call; True when it taught something. A call that found
+        nothing teaches nothing."""
         if products_found <= 0 or tokens_consumed < 0:
-            return
+            return False
         self._recent.append(tokens_consumed / products_found)
+        return True
 
     def fit(self, wanted: int, max_cost: int) -> int:
         """How many ASINs one call may carry: ``wanted``, at most 100, and — when the largest

@@ -24,6 +24,7 @@ class FakePermits:
         self.grantable = grantable
         self.known_max_cost = known_max_cost
         self.requests: list[int] = []  # every cost asked for, granted or not
+        self.priorities: list[int] = []  # the priority of each request, in order
         self.settles: list[tuple[int, int | None]] = []  # (permit cost, tokens consumed)
         self.rejected: list[int] = []
         self.advances: list[tuple[str, int]] = []
@@ -43,6 +44,7 @@ class FakePermits:
         assert isinstance(cost, int) and not isinstance(cost, bool), cost
         assert cost > 0, f"permit of {cost} tokens asked"
         self.requests.append(cost)
+        self.priorities.append(priority)
         if self.grantable and cost > self.grantable:
             self.rejected.append(cost)
             raise PermitRejected("too_large", self.grantable)

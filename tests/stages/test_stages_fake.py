@@ -95,6 +95,8 @@ def test_ingest_peeks_once_and_commits_in_sub_batches(storage: Storage) -> None:
     # Permits: the first estimate is cost_per_product (5) x 12; commits use the learned cost.
     assert permits.granted[0] == 60
     assert permits.granted[1:] == [12, 12, 6]  # learned: 6 per found product
+    # Committing what was peeked outranks a new peek at the broker.
+    assert permits.priorities[0] < permits.priorities[1] == permits.priorities[-1]
     assert sum(n for st, n in permits.advances if st == "ingest") == 12
     assert permits.reports and permits.reports[-1]["pipeline"]["deals_live"] == 5
     assert ingest.urgency(T0) == 0
@@ -371,3 +373,20 @@ def test_no_permit_does_not_count_as_an_attempt(storage: Storage) -> None:
     attempts = storage.conn.execute("SELECT attempts FROM candidates").fetchall()
     assert attempts == [(0,)] and storage.claimable_candidates(D, T0) == 1
     assert keepa.product_calls == []
+
+
+def test_a_new_worker_starts_from_the_fleets_learned_cost(storage: Storage) -> None:
+    products, good, bad = mixed_catalog()
+    storage.add_candidates(D, [*good, *bad], source="test", now=T0)
+    first = FakePermits()
+    stage("ingest", storage, FakeKeepa(products), first, Clock(T0)).run_once(T0)
+    assert storage.get_state("cost_per_product") == 6.0  # learned by the first worker
+
+    # A second worker (fresh cost model) asks for the learned 6 per product, not the
+    # initial 5: it does not overdraw the account relearning what the fleet knows.
+    more = [asin(i) for i in range(30, 40)]
+    products.update({a: product(a) for a in more})
+    storage.add_candidates(D, more, source="test", now=T0)
+    second = FakePermits()
+    stage("ingest", storage, FakeKeepa(products), second, Clock(T0)).run_once(T0)
+    assert second.granted[0] == 6 * len(more)

@@ -50,6 +50,16 @@ URGENCY_BASE = 1.0
 URGENCY_SPAN = 2.0  # backlog adds up to this much
 URGENCY_AGING = 0.5  # a stage that has waited AGING_S gets up to this much more (breaks ties)
 AGING_S = 60.0
+# Permit priorities (higher is granted first). Committing survivors of a peek comes first:
+# the peek's tokens are already spent and its claims expire. A /deal page is cheap and feeds
+# everything else; refresh keeps live deals true; a new peek can wait.
+PRIORITY_COMMIT = 3
+PRIORITY_DEALS = 2
+PRIORITY_REFRESH = 1
+PRIORITY_PEEK = 0
+# The fleet shares what it learned about costs through the database, so a new or restarted
+# worker does not overdraw the account relearning them.
+SHARED_COST_KEYS = {True: "cost_per_product", False: "cost_per_product_light"}
 
 
 class Permits(Protocol):
@@ -144,6 +154,7 @@ class Pipeline:
         offers: bool,
         on_shrink: Callable[[list[str]], None],
         before_call: Callable[[list[str]], None] | None = None,
+        priority: int = PRIORITY_PEEK,
     ) -> tuple[KeepaResponse, list[str]]:
         """One ``/product`` call on ``asins`` (``stats=worker.stats_days``; with
         ``offers=worker.offers`` when ``offers``) under a permit of the estimated cost.
@@ -155,6 +166,8 @@ class Pipeline:
         """
         w = self.settings.worker
         costs = self.costs if offers else self.light_costs
+        shared_key = SHARED_COST_KEYS[offers]
+        costs.consider(self.storage.get_state(shared_key))
         cap = 0
         for _ in range(MAX_TOO_LARGE_RETRIES):
             cost = costs.estimate(len(asins))
@@ -173,7 +186,7 @@ class Pipeline:
                 )
 
             try:
-                resp = self.permits.call(cost, fn)
+                resp = self.permits.call(cost, fn, priority=priority)
             except PermitRejected as exc:
                 if exc.reason != "too_large" or exc.max_cost <= 0:
                     raise
@@ -193,7 +206,8 @@ class Pipeline:
                     # Even one product is estimated above the cap: ask for the cap.
                     cap = exc.max_cost
                 continue
-            costs.observe(resp.envelope.tokens_consumed, len(products_of(resp)))
+            if costs.observe(resp.envelope.tokens_consumed, len(products_of(resp))):
+                self.storage.set_state(shared_key, costs.learned, self.clock())
             return resp, asins
         raise PermitRejected("too_large", self.max_cost_hint)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.costs import DEAL_PAGE_COST
-from workers.stages import URGENCY_NONE, Pipeline
+from workers.stages import PRIORITY_DEALS, URGENCY_NONE, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,9 @@ class DealsStage:
             "dateRange": DATE_RANGE,
             "sortType": SORT_NEWEST_FIRST,
         }
-        resp = ctx.permits.call(DEAL_PAGE_COST, lambda: ctx.keepa.deal(selection))
+        resp = ctx.permits.call(
+            DEAL_PAGE_COST, lambda: ctx.keepa.deal(selection), priority=PRIORITY_DEALS
+        )
         now = ctx.clock()
         deals = _deal_list(resp.payload)
         if scan.page == 0:

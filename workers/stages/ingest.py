@@ -17,6 +17,7 @@ from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout
 from common.storage import Rejection
 from workers.filters import check, facts
 from workers.stages import (
+    PRIORITY_COMMIT,
     URGENCY_BASE,
     URGENCY_NONE,
     URGENCY_SPAN,
@@ -130,6 +131,7 @@ class IngestStage:
             offers=True,
             on_shrink=self._give_back_unused,
             before_call=self._renew,
+            priority=PRIORITY_COMMIT,
         )
         found = products_of(resp)
         deals = []

@@ -21,6 +21,7 @@ import logging
 from common.storage import Rejection
 from workers.filters import check, facts
 from workers.stages import (
+    PRIORITY_REFRESH,
     URGENCY_BASE,
     URGENCY_NONE,
     URGENCY_SPAN,
@@ -89,6 +90,7 @@ class RefreshStage:
             history=False,
             offers=False,
             on_shrink=self._give_back_unused,
+            priority=PRIORITY_REFRESH,
             before_call=self._renew,
         )
         found = products_of(resp)
