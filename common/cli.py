@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from common.errors import ConfigError, FleetError
 from common.log import setup_logging
+from common.orphans import exit_with_parent
 
 # Named exit codes.
 EXIT_OK = 0
@@ -72,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    exit_with_parent()
     try:
         return int(args._module.run(args) or EXIT_OK)
     except ConfigError as exc:
