@@ -29,12 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from common.config import Settings
+from common.config import FilterSettings, Settings
 from common.errors import PermitRejected
 from common.keepa import KeepaClient, KeepaResponse
-from common.storage import Storage
+from common.storage import Rejection, Storage
 from workers.costs import LIGHT_COST_PER_PRODUCT, ProductCostModel
-from workers.filters import PRICE_NEW, Facts
+from workers.filters import PRICE_NEW, Facts, check, facts
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -219,6 +219,40 @@ def products_of(resp: KeepaResponse) -> dict[str, dict[str, Any]]:
         if isinstance(product, dict) and isinstance(product.get("asin"), str):
             out[product["asin"].upper()] = product
     return out
+
+
+@dataclass(frozen=True)
+class Passed:
+    """A product that passed every filter."""
+
+    asin: str
+    product: dict[str, Any]
+    facts: Facts
+
+
+def judge(
+    asins: list[str], resp: KeepaResponse, filters: FilterSettings, *, prefix: str = ""
+) -> tuple[list[Passed], list[Rejection]]:
+    """Split the ASINs of a ``/product`` answer into those that pass the filters and
+    rejections naming the filter that failed (``not_found`` when Keepa has no such
+    product); ``prefix`` goes before each reason (refresh uses ``refresh:``)."""
+    found = products_of(resp)
+    passed: list[Passed] = []
+    rejected: list[Rejection] = []
+    for asin in asins:
+        product = found.get(asin)
+        if product is None:
+            rejected.append(Rejection(asin, f"{prefix}not_found", "not_found", {}))
+            continue
+        product_facts = facts(product)
+        failure = check(product_facts, filters)
+        if failure is None:
+            passed.append(Passed(asin, product, product_facts))
+        else:
+            rejected.append(
+                Rejection(asin, f"{prefix}{failure.filter}", failure.filter, failure.detail)
+            )
+    return passed, rejected
 
 
 def deal_row(

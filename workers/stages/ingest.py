@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 
 from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout
-from common.storage import Rejection
-from workers.filters import check, facts
 from workers.stages import (
     PRIORITY_COMMIT,
     URGENCY_BASE,
@@ -24,7 +22,7 @@ from workers.stages import (
     Pipeline,
     aging,
     deal_row,
-    products_of,
+    judge,
 )
 
 log = logging.getLogger(__name__)
@@ -86,19 +84,8 @@ class IngestStage:
             on_shrink=self._give_back_unused,
             before_call=self._renew,
         )
-        found = products_of(resp)
-        survivors: list[str] = []
-        rejections: list[Rejection] = []
-        for asin in batch:
-            product = found.get(asin)
-            if product is None:
-                rejections.append(Rejection(asin, "not_found", "not_found", {}))
-                continue
-            failure = check(facts(product), f)
-            if failure is None:
-                survivors.append(asin)
-            else:
-                rejections.append(Rejection(asin, failure.filter, failure.filter, failure.detail))
+        passed, rejections = judge(batch, resp, f)
+        survivors = [p.asin for p in passed]
         done = ctx.storage.reject_candidates(ctx.domain, rejections, ctx.clock())
         self._forget([r.asin for r in rejections])
         ctx.permits.advance(NAME, done)
@@ -133,20 +120,8 @@ class IngestStage:
             before_call=self._renew,
             priority=PRIORITY_COMMIT,
         )
-        found = products_of(resp)
-        deals = []
-        rejections: list[Rejection] = []
-        for asin in chunk:
-            product = found.get(asin)
-            if product is None:
-                rejections.append(Rejection(asin, "not_found", "not_found", {}))
-                continue
-            product_facts = facts(product)
-            failure = check(product_facts, f)
-            if failure is None:
-                deals.append(deal_row(product, product_facts, f.fee_percent, with_history=True))
-            else:
-                rejections.append(Rejection(asin, failure.filter, failure.filter, failure.detail))
+        passed, rejections = judge(chunk, resp, f)
+        deals = [deal_row(p.product, p.facts, f.fee_percent, with_history=True) for p in passed]
         now = ctx.clock()
         n = ctx.storage.commit_deals(ctx.domain, deals, now)
         n += ctx.storage.reject_candidates(ctx.domain, rejections, now)

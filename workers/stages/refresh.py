@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 
-from common.storage import Rejection
-from workers.filters import check, facts
 from workers.stages import (
     PRIORITY_REFRESH,
     URGENCY_BASE,
@@ -28,7 +26,7 @@ from workers.stages import (
     Pipeline,
     aging,
     deal_row,
-    products_of,
+    judge,
 )
 
 log = logging.getLogger(__name__)
@@ -93,22 +91,8 @@ class RefreshStage:
             priority=PRIORITY_REFRESH,
             before_call=self._renew,
         )
-        found = products_of(resp)
-        keep = []
-        drop: list[Rejection] = []
-        for asin in batch:
-            product = found.get(asin)
-            if product is None:
-                drop.append(Rejection(asin, "refresh:not_found", "not_found", {}))
-                continue
-            product_facts = facts(product)
-            failure = check(product_facts, f)
-            if failure is None:
-                keep.append(deal_row(product, product_facts, f.fee_percent, with_history=False))
-            else:
-                drop.append(
-                    Rejection(asin, f"refresh:{failure.filter}", failure.filter, failure.detail)
-                )
+        passed, drop = judge(batch, resp, f, prefix="refresh:")
+        keep = [deal_row(p.product, p.facts, f.fee_percent, with_history=False) for p in passed]
         now = ctx.clock()
         done = ctx.storage.refresh_deals(ctx.domain, keep, now)
         done += ctx.storage.drop_deals(ctx.domain, drop, now)
