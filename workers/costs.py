@@ -28,17 +28,42 @@ from collections import deque
 DEAL_PAGE_COST = 5
 # A /product call without offers: 1 token per found product (refresh's light update).
 LIGHT_COST_PER_PRODUCT = 1.0
+# With offers=N: 6 tokens per found page of up to 10 offers, per product (KEEPA_API.md).
+OFFER_PAGE_COST = 6
+OFFERS_PER_PAGE = 10
 WINDOW_CALLS = 8
 MAX_ASINS_PER_CALL = 100
 
 
-class ProductCostModel:
-    """Tokens per found product of one kind of ``/product`` call, learned from settles."""
+def offers_bound_per_product(offers: int) -> float:
+    """The most Keepa charges for one found product with ``offers=N``: every page of up to
+    10 offers that N allows, at 6 tokens each (12 for offers=20)."""
+    return float(OFFER_PAGE_COST * math.ceil(offers / OFFERS_PER_PAGE))
 
-    def __init__(self, initial_per_product: float, *, window: int = WINDOW_CALLS) -> None:
+
+class ProductCostModel:
+    """Tokens per found product of one kind of ``/product`` call, learned from settles.
+
+    ``per_product`` is the learned expectation (what a product usually costs: status, tokens
+    per deal). The permit asks for ``permit_per_product``: the larger of that and
+    ``bound_per_product``, the most Keepa's documented pricing can charge for the call. A
+    permit below what the call may cost would let the fleet overdraw the account past
+    ``max_deficit`` and, with other calls in flight, send a request at a balance <= 0: a 429
+    caused by the fleet (the first benchmark measured both with permits at the estimate).
+    The learned figure still wins when Keepa charges more than its documentation says.
+    """
+
+    def __init__(
+        self,
+        initial_per_product: float,
+        *,
+        bound_per_product: float = 0.0,
+        window: int = WINDOW_CALLS,
+    ) -> None:
         if initial_per_product <= 0:
             raise ValueError("initial_per_product must be > 0")
         self.initial = float(initial_per_product)
+        self.bound = float(bound_per_product)
         self._recent: deque[float] = deque(maxlen=window)
         # What other workers learned (shared through the database); None = nothing yet.
         self._shared: float | None = None
@@ -60,9 +85,14 @@ class ProductCostModel:
         if isinstance(shared, int | float) and not isinstance(shared, bool) and shared > 0:
             self._shared = float(shared)
 
+    @property
+    def permit_per_product(self) -> float:
+        """What a permit reserves per ASIN: never less than the call may cost."""
+        return max(self.per_product, self.bound)
+
     def estimate(self, n_asins: int) -> int:
         """The permit to ask for a call on ``n_asins`` ASINs (at least 1)."""
-        return max(1, math.ceil(self.per_product * max(0, n_asins) - 1e-9))
+        return max(1, math.ceil(self.permit_per_product * max(0, n_asins) - 1e-9))
 
     def observe(self, tokens_consumed: int, products_found: int) -> bool:
         """Learn from one settled call; True when it taught something. A call that found
@@ -78,8 +108,11 @@ class ProductCostModel:
         a single product is the smallest call there is."""
         n = max(1, min(wanted, MAX_ASINS_PER_CALL))
         if max_cost > 0:
-            n = min(n, max(1, math.floor(max_cost / self.per_product + 1e-9)))
+            n = min(n, max(1, math.floor(max_cost / self.permit_per_product + 1e-9)))
         return n
 
     def __repr__(self) -> str:
-        return f"ProductCostModel(per_product={self.per_product:.2f})"
+        return (
+            f"ProductCostModel(per_product={self.per_product:.2f}, "
+            f"permit_per_product={self.permit_per_product:.2f})"
+        )

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from common.config import FilterSettings
-from workers.costs import DEAL_PAGE_COST, ProductCostModel
+from workers.costs import DEAL_PAGE_COST, ProductCostModel, offers_bound_per_product
 from workers.filters import check, facts
 
 SETTINGS = FilterSettings(
@@ -135,3 +135,15 @@ def test_fit_respects_the_largest_grantable_cost() -> None:
     assert m.fit(500, 0) == 100  # Keepa's per-call limit
     m.observe(120, 10)  # 12 per product: more offer pages
     assert m.fit(50, 300) == 25
+
+
+def test_permits_never_ask_less_than_the_documented_worst_case() -> None:
+    assert offers_bound_per_product(20) == 12  # two pages of up to 10 offers, 6 each
+    assert offers_bound_per_product(21) == 18
+    assert offers_bound_per_product(100) == 60
+    m = ProductCostModel(5.0, bound_per_product=offers_bound_per_product(20))
+    assert m.per_product == 5.0  # the expectation
+    assert m.estimate(50) == 600  # the permit: 50 x 12
+    assert m.fit(50, 1200) == 50 and m.fit(50, 300) == 25
+    m.observe(tokens_consumed=700, products_found=50)  # 14: Keepa charged above its docs
+    assert m.estimate(50) == 700

@@ -92,9 +92,10 @@ def test_ingest_peeks_once_and_commits_in_sub_batches(storage: Storage) -> None:
     assert deal is not None and deal["history"] == "[[1,1000]]" and deal["profit"] == 700
     t = storage.totals(T0)
     assert t["deals_live"] == 5 and t["candidates_waiting"] == 0 and t["candidates_claimed"] == 0
-    # Permits: the first estimate is cost_per_product (5) x 12; commits use the learned cost.
-    assert permits.granted[0] == 60
-    assert permits.granted[1:] == [12, 12, 6]  # learned: 6 per found product
+    # Permits reserve the most the call may cost: 12 per ASIN with offers=20 (2 pages of 6),
+    # although the expected cost (5, then 6 learned) is lower.
+    assert permits.granted[0] == 144
+    assert permits.granted[1:] == [24, 24, 12]
     # Committing what was peeked outranks a new peek at the broker.
     assert permits.priorities[0] < permits.priorities[1] == permits.priorities[-1]
     assert sum(n for st, n in permits.advances if st == "ingest") == 12
@@ -110,10 +111,9 @@ def test_batch_size_respects_a_known_max_cost(storage: Storage) -> None:
     permits, clock = FakePermits(known_max_cost=120), Clock(T0)
     storage.add_candidates(D, asins, source="test", now=T0)
     ingest = stage("ingest", storage, keepa, permits, clock)
-    assert ingest.run_once(T0) == 24  # floor(120 / 5)
+    assert ingest.run_once(T0) == 10  # floor(120 / 12): the permit covers the worst case
     assert permits.requests == [120] and not permits.rejected
-    # Learned 6 per product: floor(120 / 6) = 20.
-    assert ingest.run_once(T0) == 20
+    assert ingest.run_once(T0) == 10
     assert permits.requests[-1] == 120
 
 
@@ -124,16 +124,16 @@ def test_too_large_shrinks_the_batch_and_gives_the_rest_back(storage: Storage) -
     storage.add_candidates(D, asins, source="test", now=T0)
     ingest = stage("ingest", storage, keepa, permits, clock)
 
-    assert ingest.run_once(T0) == 20  # 50 asked (250 tokens), rejected, 20 fit in 100
-    assert permits.rejected == [250]
-    assert permits.granted == [100]
-    assert len(keepa.product_calls) == 1 and len(keepa.product_calls[0]["asins"]) == 20
-    # The 30 cut off are claimable again at once, their attempt not counted.
-    assert storage.claimable_candidates(D, T0) == 40
+    assert ingest.run_once(T0) == 8  # 50 asked (600 tokens), rejected, 8 fit in 100
+    assert permits.rejected == [600]
+    assert permits.granted == [96]
+    assert len(keepa.product_calls) == 1 and len(keepa.product_calls[0]["asins"]) == 8
+    # The 42 cut off are claimable again at once, their attempt not counted.
+    assert storage.claimable_candidates(D, T0) == 52
     assert storage.conn.execute("SELECT max(attempts) FROM candidates").fetchone()[0] == 0
-    # The next batch is sized from what was learned: no rejection.
-    assert ingest.run_once(T0) == 16  # floor(100 / 6)
-    assert permits.rejected == [250]
+    # The next batch is sized from the cap the REJECT told: no second rejection.
+    assert ingest.run_once(T0) == 8  # floor(100 / 12)
+    assert permits.rejected == [600]
 
 
 def test_stopping_between_sub_batches_gives_back_the_rest(storage: Storage) -> None:
@@ -376,17 +376,18 @@ def test_no_permit_does_not_count_as_an_attempt(storage: Storage) -> None:
 
 
 def test_a_new_worker_starts_from_the_fleets_learned_cost(storage: Storage) -> None:
+    # Keepa charges 14 per product: more than its documented pricing (12 with offers=20).
     products, good, bad = mixed_catalog()
     storage.add_candidates(D, [*good, *bad], source="test", now=T0)
     first = FakePermits()
-    stage("ingest", storage, FakeKeepa(products), first, Clock(T0)).run_once(T0)
-    assert storage.get_state("cost_per_product") == 6.0  # learned by the first worker
+    stage("ingest", storage, FakeKeepa(products, per_product=14), first, Clock(T0)).run_once(T0)
+    assert storage.get_state("cost_per_product") == 14.0  # learned by the first worker
 
-    # A second worker (fresh cost model) asks for the learned 6 per product, not the
-    # initial 5: it does not overdraw the account relearning what the fleet knows.
+    # A second worker (fresh cost model) asks for the learned 14 per product at once: it
+    # does not overdraw the account relearning what the fleet knows.
     more = [asin(i) for i in range(30, 40)]
     products.update({a: product(a) for a in more})
     storage.add_candidates(D, more, source="test", now=T0)
     second = FakePermits()
-    stage("ingest", storage, FakeKeepa(products), second, Clock(T0)).run_once(T0)
-    assert second.granted[0] == 6 * len(more)
+    stage("ingest", storage, FakeKeepa(products, per_product=14), second, Clock(T0)).run_once(T0)
+    assert second.granted[0] == 14 * len(more)

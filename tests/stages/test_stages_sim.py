@@ -173,13 +173,16 @@ def test_costs_learn_from_settles(sim: Any, keepa: RecordingKeepa, storage: Stor
     consumed_before = sim.state(KEY)["tokens_consumed"]  # the deal scan
     ingest.run_once(ingest.ctx.clock())
     (peek_cost, peek_consumed), *commit_settles = permits.settles
-    assert peek_cost == 150  # 30 x 5
+    assert peek_cost == 360  # 30 x 12: the most offers=20 can cost (two pages of 6)
     assert peek_consumed is not None and peek_consumed >= 6 * 30  # offers: 6 a page
-    # Every feed ASIN is found: the first commit asks ceil(consumed / 30 x n).
+    # Every feed ASIN is found; the expected cost is learned from what Keepa charged...
     assert commit_settles, "some deal survived the peek"
-    n = len(keepa.product_calls[1]["asins"])
-    assert commit_settles[0][0] == math.ceil(peek_consumed / 30 * n)
     assert ingest.ctx.costs.per_product >= peek_consumed / 30
+    # ...but no permit is ever smaller than what its call cost: the account is never
+    # overdrawn behind the broker's back.
+    n = len(keepa.product_calls[1]["asins"])
+    assert commit_settles[0][0] == math.ceil(max(12, ingest.ctx.costs.per_product) * n)
+    assert all(consumed <= cost for cost, consumed in permits.settles if consumed is not None)
     spent = sim.state(KEY)["tokens_consumed"] - consumed_before
     assert spent == sum(c for _, c in permits.settles if c)
 
@@ -192,17 +195,17 @@ def test_batch_shrinks_to_what_the_account_can_grant(
     (ingest,) = stages("ingest", keepa, permits, storage, worker={"ingest_batch": 50})
     waiting = storage.totals()["candidates_waiting"]
     ingest.run_once(ingest.ctx.clock())
-    assert permits.rejected == [250]
+    assert permits.rejected == [600]
     first = permits.granted[0]
     assert first <= 60
     assert sim.state(KEY)["product_calls"] >= 1
-    # 12 ASINs (60 / 5) were peeked; the other 38 went back to the queue.
+    # 5 ASINs (60 / 12) were peeked; the other 45 went back to the queue.
     t = storage.totals()
     assert t["candidates_claimed"] == 0
-    assert waiting - t["candidates_waiting"] == 12
-    # The next batch is sized from the learned cost and the known cap: no more rejections.
+    assert waiting - t["candidates_waiting"] == 5
+    # The next batch is sized from the known cap: no more rejections.
     ingest.run_once(ingest.ctx.clock())
-    assert permits.rejected == [250]
+    assert permits.rejected == [600]
     assert all(cost <= 60 for cost in permits.granted)
 
 

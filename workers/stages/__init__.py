@@ -33,7 +33,7 @@ from common.config import FilterSettings, Settings
 from common.errors import PermitRejected
 from common.keepa import KeepaClient, KeepaResponse
 from common.storage import Rejection, Storage
-from workers.costs import LIGHT_COST_PER_PRODUCT, ProductCostModel
+from workers.costs import LIGHT_COST_PER_PRODUCT, ProductCostModel, offers_bound_per_product
 from workers.filters import PRICE_NEW, Facts, check, facts
 
 if TYPE_CHECKING:
@@ -316,8 +316,13 @@ def build_stages(
         permits=permits,
         storage=storage,
         owner=str(owner),
-        costs=ProductCostModel(settings.worker.cost_per_product),
-        light_costs=ProductCostModel(LIGHT_COST_PER_PRODUCT),
+        costs=ProductCostModel(
+            settings.worker.cost_per_product,
+            bound_per_product=offers_bound_per_product(settings.worker.offers),
+        ),
+        light_costs=ProductCostModel(
+            LIGHT_COST_PER_PRODUCT, bound_per_product=LIGHT_COST_PER_PRODUCT
+        ),
         clock=clock,
     )
     makers: dict[str, Callable[[Pipeline], Stage]] = {
