@@ -7,9 +7,10 @@ Settings come from the environment the parent sets (``FLEET_BROKER``, ``KEEPA_BA
 ``KEEPA_API_KEY``, ``KEEPA_REFILL_PERIOD_S``), exactly as a worker under supervisord gets
 them. It is the pipeline's peek without the database: each batch is one
 ``permits.call(cost, fn)`` with the cost from the fleet's own ``ProductCostModel`` (the
-most the call can cost by Keepa's documented pricing, or the learned figure when higher), and the model learns
-from every answer as the ingest stage does. Prints ``READY`` after imports, connects at
-``GO``, prints ``PROGRESS {json}`` after each batch and ``RESULT {json}`` at the end.
+most the call can cost by Keepa's documented pricing, or the learned figure when
+higher), and the model learns from every answer as the ingest stage does. Prints
+``READY`` after imports, connects at ``GO``, prints ``PROGRESS {json}`` after each batch
+and ``RESULT {json}`` at the end.
 """
 
 from __future__ import annotations
