@@ -10,7 +10,8 @@ message        needs HELLO first  what the broker does
 ``HEARTBEAT``  yes                records liveness, progress, stage and pipeline figures
 ``REQUEST``    yes                GRANT now, later (queued) or REJECT
 ``CANCEL``     yes                drops the queued request
-``SETTLE``     yes                closes the permit; its envelope is an observation
+``SETTLE``     yes                closes the permit; its envelope is an observation (a
+                                  permit id over ``MAX_PERMIT_CHARS``: ERROR ``bad_permit``)
 ``BYE``        yes                the worker is gone; its queued requests are cancelled
 =============  =================  =====================================================
 
@@ -96,6 +97,9 @@ MAX_PRIORITY = 10**6
 MAX_DEADLINE_S = 7 * 86400.0
 MAX_DETAIL_CHARS = 200
 MAX_SETTLED_IDS = 20_000  # permits whose spend was counted (retried SETTLEs count once)
+# Longest permit id a SETTLE may carry (ours are "<8 hex>-<n>"): the ids of settled permits
+# are kept (MAX_SETTLED_IDS), so their size must be bounded too.
+MAX_PERMIT_CHARS = 64
 MAX_KILLS_SHOWN = 50
 SETTLE_STATUSES = frozenset(
     {"ok", "http_error", "timeout", "connection_error", "error", "not_sent"}
@@ -576,6 +580,10 @@ class Broker:
     def handle_settle(
         self, peer: Peer, rec: WorkerRecord, msg: protocol.Settle, now: float
     ) -> None:
+        if len(msg.permit) > MAX_PERMIT_CHARS:
+            # Never one of ours; refused before anything of it is kept (the settled ids).
+            self._bad(peer, "bad_permit", f"permit id longer than {MAX_PERMIT_CHARS} characters")
+            return
         envelope = self._settle_envelope(peer, msg)
         status = msg.status
         if status not in SETTLE_STATUSES:
@@ -587,10 +595,13 @@ class Broker:
             if envelope is not None
             else None
         )
-        # The permit book hands the observation to the ledger in every case (a settle, a late
-        # settle of an expired permit, or an unknown permit: still Keepa's word).
+        # The permit book hands the observation to the ledger for a settle of one of this
+        # broker's permits (also a late one of an expired permit). A settle it does not know
+        # (another worker's, or kept for this broker by a worker whose permit came from an
+        # earlier one) is not observed: its figure can be older than calls this broker never
+        # saw, and the first grants after a restart must wait for this broker's own /token.
         permit = self.permits.settle(msg.permit, obs, status, now, worker=rec.key)
-        if obs is not None:
+        if obs is not None and self.ledger.observation is obs:
             self._note_observation(obs, now, already_observed=True)
         if permit is None:
             log.info(

@@ -44,18 +44,21 @@ class Fleet:
         tokens: int | None = None,
         latency_scale: float = 0.0,
         env: dict[str, str] | None = None,
+        offer_fail_rate: float = 0.0,
+        key: str = SIM_DEMO_KEY,
     ) -> None:
         self.processes = processes
         self.tmp = tmp_path
         self.sim_port = free_port()
         self.broker_address = f"tcp://127.0.0.1:{free_port()}"
         self.db = tmp_path / "fleet.db"
-        self.key = SIM_DEMO_KEY
+        self.key = key
         self.sim_url = f"http://127.0.0.1:{self.sim_port}"
         self.refill_rate = refill_rate
         self.refill_period_s = refill_period_s
         self.tokens = tokens
         self.latency_scale = latency_scale
+        self.offer_fail_rate = offer_fail_rate
         self.env = {
             **FAST_ENV,
             "FLEET_BROKER": self.broker_address,
@@ -63,12 +66,17 @@ class Fleet:
             "KEEPA_REFILL_PERIOD_S": str(refill_period_s),
             "FLEET_DB": str(self.db),
             "FLEET_LOG_LEVEL": "INFO",
+            **({"KEEPA_API_KEY": key} if key != SIM_DEMO_KEY else {}),
             **(env or {}),
         }
         for name in ("KEEPA_API_KEY", "FLEET_CONFIG"):
             os.environ.pop(name, None)
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.roles: dict[str, str] = {}
         self.broker: subprocess.Popen[bytes] | None = None
+        # After a broker restart: the simulator's consumption (less external) when the
+        # broker running now started (its spend counters start there); None before.
+        self.consumed_base: int | None = None
 
     # --- processes ----------------------------------------------------------------------
 
@@ -88,6 +96,8 @@ class Fleet:
         )
         if self.tokens is not None:
             argv += ["--tokens", str(self.tokens)]
+        if self.offer_fail_rate:
+            argv += ["--offer-fail-rate", str(self.offer_fail_rate)]
         self.processes.start("sim", argv, env=self.env)
         wait_until(
             lambda: requests.get(f"{self.sim_url}/token", params={"key": self.key}, timeout=2).ok,
@@ -96,9 +106,13 @@ class Fleet:
             message="simulator up",
         )
 
-    def start_broker(self, name: str = "broker") -> subprocess.Popen[bytes]:
+    def start_broker(
+        self, name: str = "broker", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         self.broker = self.processes.start(
-            name, fleet_command("broker", "--bind", self.broker_address), env=self.env
+            name,
+            fleet_command("broker", "--bind", self.broker_address),
+            env={**self.env, **(env or {})},
         )
         wait_until(
             lambda: self.status() is not None,
@@ -108,7 +122,13 @@ class Fleet:
         )
         return self.broker
 
-    def start_worker(self, worker_id: str, role: str = "all") -> subprocess.Popen[bytes]:
+    def start_worker(
+        self,
+        worker_id: str,
+        role: str = "all",
+        env: dict[str, str] | None = None,
+        db: str | None = None,
+    ) -> subprocess.Popen[bytes]:
         proc = self.processes.start(
             worker_id,
             fleet_command(
@@ -120,18 +140,28 @@ class Fleet:
                 "--broker",
                 self.broker_address,
                 "--db",
-                str(self.db),
+                str(self.db) if db is None else db,
             ),
-            env=self.env,
+            env={**self.env, **(env or {})},
         )
         self.workers[worker_id] = proc
+        self.roles[worker_id] = role
         return proc
 
-    def start(self, workers: int = 3) -> None:
+    def restart_worker(self, worker_id: str) -> subprocess.Popen[bytes]:
+        """What supervisord (autorestart=true) does for an exited worker: start it again
+        under the same id and role (the old process must have exited)."""
+        old = self.workers[worker_id]
+        assert old.poll() is not None, f"{worker_id} (pid {old.pid}) is still running"
+        return self.start_worker(worker_id, self.roles[worker_id])
+
+    def start(self, workers: int = 3, roles: tuple[str, ...] = ()) -> None:
+        """The simulator, the broker and ``workers`` workers ``w0``, ``w1``, ... (role
+        ``roles[i]`` when given, else all)."""
         self.start_sim()
         self.start_broker()
         for i in range(workers):
-            self.start_worker(f"w{i}")
+            self.start_worker(f"w{i}", roles[i] if i < len(roles) else "all")
 
     # --- observation --------------------------------------------------------------------
 
@@ -179,7 +209,24 @@ class Fleet:
         assert sim["status_429"] == 0, f"the fleet caused {sim['status_429']} 429s"
         assert sim["min_tokens_left"] >= -max_deficit, f"balance fell to {sim['min_tokens_left']}"
         assert self.query("pragma integrity_check") == [("ok",)]
+        lost = self.unaccounted_candidates()
+        assert lost == 0, f"{lost} ASINs seen are neither a deal, a rejection nor queued"
         return sim
+
+    def unaccounted_candidates(self) -> int:
+        """ASINs ever queued that are now neither a deal, a rejection nor a candidate (0 when
+        the database does not exist yet)."""
+        rows = self.query(
+            "select count(*) from seen s where not exists (select 1 from deals d where "
+            "d.domain = s.domain and d.asin = s.asin) and not exists (select 1 from rejections "
+            "r where r.domain = s.domain and r.asin = s.asin) and not exists (select 1 from "
+            "candidates c where c.domain = s.domain and c.asin = s.asin)"
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def done(self) -> int:
+        """Pipeline items finished so far: deals plus rejections."""
+        return self.count("deals") + self.count("rejections")
 
     def spent_matches(self) -> bool:
         """The simulator's consumed tokens equal the fleet's settled spend (once reconciled);

@@ -17,7 +17,9 @@ message         what the link does
 ``HEARTBEAT``   liveness only (its ``info["max_cost"]`` updates ``max_cost``)
 ``GRANT``       wakes the waiting ``call``; a grant nobody waits for is settled "not_sent"
 ``REJECT``      wakes the waiting ``call``; updates ``max_cost``
-``KILL``        logs the reason, best-effort BYE, then ``on_kill`` (the runtime exits)
+``KILL``        only while READY (the broker that welcomed this connection): logs the
+                reason, best-effort BYE, then ``on_kill`` (the runtime exits); any other
+                KILL is ignored, logged and counted (``kills_ignored``)
 ``DISCONNECT``  the broker does not know this worker: waits end, HELLO again at once
 ``ERROR``       logged; during the handshake it counts as a failed connection
 ==============  ============================================================================
@@ -33,7 +35,15 @@ Link states (``state``)::
                                  heartbeat (or ERROR during the handshake): socket closed,
                                  waits end with BrokerUnavailable, reconnect after a
                                  capped exponential backoff with jitter
-    any -> CLOSED                ``close()`` (queued settles and BYE flushed) or KILL
+    any -> CLOSED                ``close()`` (queued settles and BYE flushed)
+    READY -> CLOSED              KILL (a KILL in any other state is ignored)
+
+Only the broker may tell a worker to die. The DEALER connects out to one address and binds
+nothing, so only whatever answers at that address can send to it; with CURVE the worker
+also checks that the peer holds the broker's key. A KILL is obeyed only while READY: on
+this connection, after the WELCOME that registered this process. A KILL arriving before
+the WELCOME (from something else listening at the broker's address, or an answer crossing
+a reconnect) is ignored and logged.
 
 Only READY sends REQUEST, CANCEL, SETTLE and heartbeats. A SETTLE while not READY is kept
 (at most ``MAX_SETTLE_BACKLOG``) and sent after the next WELCOME, to whichever broker is
@@ -240,6 +250,7 @@ class BrokerLink:
         self._settle_backlog: list[_Outgoing] = []
         self._info_warned = False
         self._thread: threading.Thread | None = None
+        self.kills_ignored = 0  # KILLs not from a broker that welcomed this connection
         if curve_dir:
             self._check_curve()
 
@@ -638,7 +649,17 @@ class BrokerLink:
             log.debug("REJECT for seq %d nobody waits for (%s)", msg.seq, msg.reason)
 
     def handle_kill(self, msg: protocol.Kill, now: float) -> None:
-        # any -> CLOSED, then the process exits
+        if self.state != READY:
+            # Nothing has welcomed this connection: not a broker this worker registered with.
+            self.kills_ignored += 1
+            log.warning(
+                "ignored KILL (%s) received while %s: only the broker that welcomed this "
+                "worker may tell it to die",
+                msg.reason[:200],
+                self.state,
+            )
+            return
+        # READY -> CLOSED, then the process exits
         log.critical("KILL from the broker (%s): exiting now", msg.reason[:200])
         if self.state == READY:
             self._send(protocol.Bye(reason=f"killed: {msg.reason}"[:200]))

@@ -7,7 +7,9 @@ items). When no stage has work, wait ``IDLE_WAIT_S`` on the stop flag (not a bus
 idle turn advances progress too: an idle loop is not a stalled one). While no broker is
 connected the loop runs no stage: it waits for the link in bounded waits.
 
-What the loop does when ``run_once`` raises (the loop boundary):
+What the loop does when ``run_once`` raises (the loop boundary); in every case the turn
+advances the progress counter (the loop is alive, not stalled: a failed call and the backoff
+after it must not add up to a stall):
 
 =====================  =======================================================================
 exception              what happens
@@ -31,6 +33,12 @@ with Keepa). Both are well within supervisord's ``stopwaitsecs`` (75).
 
 KILL from the broker: the link thread exits the process with ``EXIT_KILLED`` even when the
 work loop is stuck; supervisord (``autorestart=true``) starts a new one.
+
+Test-only fault (off unless set): ``FLEET_WORKER_FAULT=hang_after:N`` makes the work loop
+hang for good (``FAULT_HANG_LIMIT_S`` at most) after N turns while the link thread keeps
+heartbeating with a frozen progress counter: what a deadlocked stage looks like. The fault
+suite (``tests/faults``) uses it to show the broker finding and killing a stalled worker.
+Never set it in production; the worker logs a warning at start when it is set.
 
 Exit codes (``keepa-fleet worker``):
 
@@ -58,7 +66,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout
+from common.errors import BrokerUnavailable, ConfigError, PermitRejected, PermitTimeout
 from workers.link import BrokerLink
 from workers.permit_client import STOP_CHECK_S, BrokerPermitClient
 
@@ -84,6 +92,18 @@ DRAIN_LIMIT_S = 25.0  # SIGTERM -> exit, at most (supervisord's stopwaitsecs is 
 CLOSE_TIMEOUT_S = 5.0  # flushing settles and BYE, then joining the link thread
 WATCHDOG_TICK_S = 1.0
 IDLE_STAGE = "idle"
+FAULT_ENV = "FLEET_WORKER_FAULT"  # test-only fault injection, see the module docstring
+FAULT_HANG_LIMIT_S = 600.0  # even an injected hang ends
+
+
+def parse_fault(value: str | None) -> int | None:
+    """The N of ``hang_after:N`` (None when unset or empty); ConfigError otherwise."""
+    if not value:
+        return None
+    kind, _, count = value.partition(":")
+    if kind == "hang_after" and count.isdigit():
+        return int(count)
+    raise ConfigError(FAULT_ENV, f"{value!r} is not hang_after:N (a test-only fault)")
 
 
 class Stage(Protocol):
@@ -111,6 +131,7 @@ class WorkerRuntime:
         idle_wait_s: float = IDLE_WAIT_S,
         drain_limit_s: float = DRAIN_LIMIT_S,
         exit_process: Callable[[int], object] = os._exit,
+        hang_after: int | None = None,
     ) -> None:
         self.stages = list(stages)
         self.permits = permits
@@ -124,6 +145,8 @@ class WorkerRuntime:
         self._errors = 0
         self._finished = threading.Event()
         self._waiting_logged = False
+        self.hang_after = hang_after  # test-only fault: hang after this many turns
+        self.turns = 0
 
     # --- signals ------------------------------------------------------------------------
 
@@ -150,6 +173,9 @@ class WorkerRuntime:
                     self._wait_for_link()
                     continue
                 wait_s = self.loop_once(self.clock())
+                self.turns += 1
+                if self.hang_after is not None and self.turns >= self.hang_after:
+                    self._injected_hang()
                 if wait_s > 0:
                     self.stop.wait(wait_s)
         finally:
@@ -183,11 +209,13 @@ class WorkerRuntime:
         except BrokerUnavailable as exc:
             log.warning("%s: no broker (%s): batch given back", stage.name, exc)
             self._give_back(stage)
+            self.permits.advance(stage.name)  # a turn that ended is progress (see below)
             return 0.0
         except PermitTimeout as exc:
             level = logging.INFO if self.stop.is_set() else logging.WARNING
             log.log(level, "%s: %s: batch given back", stage.name, exc)
             self._give_back(stage)
+            self.permits.advance(stage.name)
             return 0.0
         except PermitRejected as exc:
             log.warning(
@@ -197,10 +225,15 @@ class WorkerRuntime:
                 exc.max_cost,
             )
             self._give_back(stage)
+            self.permits.advance(stage.name)
             return self._error_backoff()
         except Exception:
             log.exception("%s: the batch failed: given back", stage.name)
             self._give_back(stage)
+            # The loop is not stuck: it finished a turn and backs off on purpose. Without
+            # this, a Keepa call timing out plus the backoff that follows counts as a
+            # frozen progress counter, and the broker kills the worker as stalled.
+            self.permits.advance(stage.name)
             return self._error_backoff()
         self._errors = 0
         self.permits.advance(stage.name)
@@ -238,6 +271,16 @@ class WorkerRuntime:
         self._errors += 1
         return min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_MIN_S * 2 ** (self._errors - 1))
 
+    def _injected_hang(self) -> None:
+        """The test-only fault: block like a deadlock (the stop flag is not looked at)."""
+        self.hang_after = None
+        log.warning(
+            "%s: the work loop hangs now after %d turns (a test-only fault); heartbeats go on",
+            FAULT_ENV,
+            self.turns,
+        )
+        threading.Event().wait(FAULT_HANG_LIMIT_S)
+
     def _drain_watchdog(self) -> None:
         while not self._finished.is_set():
             if self.stop.wait(WATCHDOG_TICK_S):
@@ -267,6 +310,9 @@ def run_worker(
 ) -> int:
     """Build the link, the permit client and the stages; run until SIGTERM or KILL."""
     stop = threading.Event()
+    hang_after = parse_fault(os.environ.get(FAULT_ENV))
+    if hang_after is not None:
+        log.warning("%s is set: this worker will hang after %d turns", FAULT_ENV, hang_after)
 
     def on_kill(reason: str) -> None:
         exit_process(EXIT_KILLED)
@@ -287,7 +333,7 @@ def run_worker(
     except BaseException:
         link.close()
         raise
-    runtime = WorkerRuntime(stages, permits, stop, exit_process=exit_process)
+    runtime = WorkerRuntime(stages, permits, stop, exit_process=exit_process, hang_after=hang_after)
     if install_signals:
         runtime.install_signal_handlers()
     log.info(
