@@ -118,10 +118,14 @@ def test_product_payload(sim):
 def test_update_minus_one_returns_keepas_old_copy(sim):
     now = time.time()
     cat = sim.catalog
-    p = sim.find(lambda p: now - cat.model_last_update(p, now) > 2 * 3600)
-    old = cat.model_last_update(p, now)
+    # A product whose own copy is well over an hour old, with no deal event due soon (a new
+    # event would update Keepa's copy by itself while the test runs).
+    p = sim.find(lambda p: now - cat.model_last_update(p, now + 600) > 2 * 3600)
     stale = sim.product([p.asin], update=-1).json()["products"][0]
-    assert stale["lastUpdate"] == int(old // 60) - 21_564_000
+    # update=-1 never refreshes: the copy stays older than an hour, the same on every call.
+    assert sim.now_minute() - stale["lastUpdate"] > 60
+    again = sim.product([p.asin], update=-1).json()["products"][0]
+    assert again["lastUpdate"] == stale["lastUpdate"]
     # Without update=-1 a copy older than an hour is refreshed...
     fresh = sim.product([p.asin]).json()["products"][0]
     assert fresh["lastUpdate"] >= sim.now_minute() - 1
@@ -130,10 +134,14 @@ def test_update_minus_one_returns_keepas_old_copy(sim):
         sim.product([p.asin], update=-1).json()["products"][0]["lastUpdate"]
         == (fresh["lastUpdate"])
     )
-    # update=N hours: a copy older than N hours is refreshed.
-    q = sim.find(lambda q: 2 * 3600 < now - cat.model_last_update(q, now) < 4 * 3600)
+    # update=N hours: a copy older than an hour but younger than N hours is kept.
+    q = sim.find(
+        lambda q: (
+            2 * 3600 < now - cat.model_last_update(q, now + 600) < 4 * 3600 and q.index != p.index
+        )
+    )
     kept = sim.product([q.asin], update=10).json()["products"][0]
-    assert kept["lastUpdate"] == int(cat.model_last_update(q, now) // 60) - 21_564_000
+    assert 120 <= sim.now_minute() - kept["lastUpdate"] <= 4 * 60 + 15
 
 
 @pytest.mark.parametrize(
