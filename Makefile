@@ -7,10 +7,12 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test bench bench-full lint fmt typecheck clean
 
 $(STAMP): pyproject.toml
+	@echo "keepa-fleet: installing into $(VENV) (first run, or pyproject.toml changed)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --progress-bar off -e '.[dev]'
 	@touch $(STAMP)
+	@echo "keepa-fleet: installed"
 
 ## run: the whole fleet under supervisord, in the foreground (Ctrl-C stops it)
 run: $(STAMP)
