@@ -473,14 +473,16 @@ class Broker:
             if rec is not None and rec.state == states.KILLING:
                 self.registry.mark_gone(rec, now, f"killed ({record.reason}, {record.outcome})")
         self.permits.expire_leases(now)  # (the permit book logs each one)
-        for rec, reason in self.registry.check(now, self._queued):
-            self._kill(rec, reason, now)
+        scan = self.registry.scan_due(now)
+        if scan:
+            for rec, reason in self.registry.check(now, self._queued):
+                self._kill(rec, reason, now)
         if not self._draining:
             self._maybe_sync(now)
         for decision in self.permits.schedule(now):
             self._send_decision(decision, now)
         max_cost = self.ledger.max_cost()
-        for rec in self.registry.heartbeats_due(now):
+        for rec in self.registry.heartbeats_due(now) if scan else ():
             self._send_to(rec, protocol.Heartbeat(info={"max_cost": max_cost}), now)
         self.registry.purge(now)
         if self._draining and (
