@@ -39,7 +39,7 @@ GONE_KEEP_S = 600.0
 # worker. Scanning on every loop turn cost 23 % of a core at 500 workers (one turn per
 # heartbeat received); a scan at most every SCAN_EVERY_S (or a quarter heartbeat when that is
 # shorter) is as good for timers measured in heartbeats and costs a fraction of that.
-SCAN_EVERY_S = 0.05
+SCAN_EVERY_S = 0.1
 MAX_GONE_KEPT = 100
 # Bounds of what a HELLO may carry and of the info dict kept from heartbeats.
 MAX_ID_CHARS = 128
@@ -167,12 +167,18 @@ class Registry:
         self._gone: list[WorkerRecord] = []  # oldest first
         self.scan_every_s = min(SCAN_EVERY_S, heartbeat_s / 4)
         self._next_scan_at = float("-inf")
+        # next_deadline() walks every worker; its answer is kept until something could make
+        # a timer earlier (a scan, a registration, a state change). A heartbeat or a send
+        # only moves timers later, so a kept answer errs early: one extra wake, never a miss.
+        self._deadline: float | None = None
+        self._deadline_stale = True
 
     def scan_due(self, now: float) -> bool:
         """True (and the next scan scheduled) when the timers may be scanned at ``now``."""
         if now < self._next_scan_at:
             return False
         self._next_scan_at = now + self.scan_every_s
+        self._deadline_stale = True
         return True
 
     # --- queries ------------------------------------------------------------------------
@@ -209,6 +215,7 @@ class Registry:
         """Register (or re-register) the sender. Returns the record and the registration it
         replaced, if another process (or another registration) held that worker id."""
         check_hello(hello)
+        self._deadline_stale = True  # a new or revived record brings its timers
         key = session_key(hello)
         old = self._by_id.get(hello.worker_id)
         at_identity = self._by_identity.get(identity)
@@ -266,6 +273,8 @@ class Registry:
         if hb.progress != rec.progress:
             rec.progress = hb.progress
             rec.progress_at = now
+        if hb.waiting != rec.waiting:
+            self._deadline_stale = True  # the stall timer starts or stops
         rec.waiting = hb.waiting
         if hb.waiting:
             rec.progress_at = now  # waiting on the broker is not a stall
@@ -279,6 +288,7 @@ class Registry:
                 rec.info = {"dropped": f"info larger than {MAX_INFO_BYTES} bytes"}
         if rec.state == states.STALLED and rec.progress_at == now:
             rec.set_state(states.ALIVE, now)  # STALLED -> ALIVE (progress again)
+            self._deadline_stale = True
 
     def set_queued(self, rec: WorkerRecord, queued: bool, now: float) -> None:
         """Whether the worker has a request queued at the broker (WAITING)."""
@@ -288,6 +298,7 @@ class Registry:
                 rec.set_state(states.WAITING, now)  # ALIVE -> WAITING
         elif rec.state == states.WAITING:
             rec.set_state(states.ALIVE, now)  # WAITING -> ALIVE
+            self._deadline_stale = True  # the stall timer starts
 
     def bye(self, rec: WorkerRecord, now: float, reason: str) -> None:
         self._end(rec, now, f"bye: {reason}" if reason else "bye")
@@ -328,8 +339,23 @@ class Registry:
             and now - r.last_sent >= self.heartbeat_s
         ]
 
+    @property
+    def deadline_stale(self) -> bool:
+        """Whether something happened since next_deadline() last answered that could make
+        a timer earlier than that answer."""
+        return self._deadline_stale
+
     def next_deadline(self) -> float | None:
         """The earliest instant at which a heartbeat, a silence or a stall falls due."""
+        if self._deadline_stale:
+            self._deadline = self._earliest_timer()
+            self._deadline_stale = False
+        if self._deadline is None:
+            return None
+        # Never earlier than the next scan: a timer due before it waits for that scan.
+        return max(self._deadline, self._next_scan_at)
+
+    def _earliest_timer(self) -> float | None:
         times = []
         for r in self._by_id.values():
             if r.state in (states.ALIVE, states.WAITING, states.STALLED):
@@ -338,8 +364,7 @@ class Registry:
                 times.append(r.last_seen + self.silent_after_s)
                 if r.state == states.ALIVE and not r.waiting:
                     times.append(r.progress_at + self.stall_s)
-        # Never earlier than the next scan: a timer due before it waits for that scan.
-        return max(min(times), self._next_scan_at) if times else None
+        return min(times) if times else None
 
     def purge(self, now: float) -> None:
         """Forget GONE records kept long enough (and the oldest beyond MAX_GONE_KEPT)."""

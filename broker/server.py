@@ -207,6 +207,7 @@ class Broker:
         self._started_at = 0.0
         self._summary_at = 0.0
         self._idle_spins = 0
+        self._due_at = float("-inf")  # the nearest timer, as of the latest housekeeping
         self.loop_turns = 0
         self._drain_requested = threading.Event()
         self._draining = False
@@ -380,7 +381,7 @@ class Broker:
         assert self._router is not None and self._sync is not None, "initialize() first"
         if now is None:
             now = self.clock()
-        due_s = self.poll_timeout_s(now)
+        due_s = max(0.0, self._due_at - now)
         timeout_s = due_s
         if self._idle_spins >= SPIN_LIMIT:
             # A timer that stays due while nothing changes would spin the CPU: never.
@@ -402,6 +403,11 @@ class Broker:
         if self._sync.socket in events:
             for result in self._sync.results():
                 self._on_sync_result(result)
+        # Housekeeping runs when a timer fell due or a message may have changed what it acts
+        # on. A turn that carried only heartbeats changes neither (their timers are renewed
+        # by the registry's scans), and skipping it there is most of the broker's cost with
+        # hundreds of workers heartbeating.
+        housekeep = bool(events.keys() - {self._router}) or due_s == 0
         if self._router in events:
             for _ in range(MAX_BATCH):
                 try:
@@ -409,11 +415,18 @@ class Broker:
                 except zmq.Again:
                     break
                 try:
-                    self.dispatch(frames, now)
+                    if self.dispatch(frames, now):
+                        housekeep = True
                 except Exception:  # one message's boundary: count it, keep serving
+                    housekeep = True
                     self.bad_messages["internal_error"] += 1
                     log.exception("handling a message failed")
-        self.housekeeping(self.clock())
+        now = self.clock()
+        if housekeep or self._draining or now >= self._due_at:
+            self.housekeeping(now)
+            self._due_at = now + self.poll_timeout_s(now)
+        elif self.registry.deadline_stale:  # a heartbeat started a timer (a stall's)
+            self._due_at = min(self._due_at, now + self.poll_timeout_s(now))
 
     def poll_timeout_s(self, now: float) -> float:
         """Seconds until the nearest timer, capped at MAX_POLL_S."""
@@ -439,8 +452,9 @@ class Broker:
                 times.append(gap)
         return max(0.0, min(times) - now)
 
-    def dispatch(self, frames: list[bytes], now: float) -> None:
-        """Decode one ROUTER message and call its handler (or count it as bad)."""
+    def dispatch(self, frames: list[bytes], now: float) -> bool:
+        """Decode one ROUTER message and call its handler (or count it as bad). False when
+        it was a registered worker's heartbeat, which leaves nothing for housekeeping."""
         identity = frames[0]
         if len(frames) == 2:
             peer, payload = Peer(identity), frames[1]
@@ -448,26 +462,27 @@ class Broker:
             peer, payload = Peer(identity, req=True), frames[2]
         else:
             self._bad(peer=Peer(identity), code="bad_frames", detail=f"{len(frames) - 1} frames")
-            return
+            return True
         try:
             msg = protocol.decode(payload)
         except ProtocolError as exc:
             self._bad(peer, exc.code, str(exc))
-            return
+            return True
         handler_name = HANDLERS.get(msg.TYPE)
         if handler_name is None:
             self._bad(peer, "unexpected_type", f"{msg.TYPE} is not sent to the broker")
-            return
+            return True
         rec = self.registry.by_identity(identity)
         if msg.TYPE not in OPEN_MESSAGES:
             if rec is None:
                 self._unregistered(peer, msg, now)
-                return
+                return True
             self.registry.heard_from(rec, now)
         getattr(self, handler_name)(peer, rec, msg, now)
+        return not (msg.TYPE == protocol.Heartbeat.TYPE and rec is not None)
 
     def housekeeping(self, now: float) -> None:
-        """The fixed sequence after each dispatch."""
+        """The fixed sequence after a turn that may need it (see loop_once)."""
         for record in self.killer.tick(now):
             rec = self.registry.by_key(record.key)
             if rec is not None and rec.state == states.KILLING:

@@ -104,7 +104,24 @@ def test_heartbeats_due_only_to_workers_not_sent_to_recently() -> None:
     assert reg.heartbeats_due(1.0) == [a]
     assert reg.next_deadline() == pytest.approx(1.0)
     reg.sent_to(a, 1.0)
+    # A send only moves a timer later: the kept answer errs early until the next scan.
+    assert reg.next_deadline() == pytest.approx(1.0)
+    assert reg.scan_due(1.0)
     assert reg.next_deadline() == pytest.approx(1.8)
+
+
+def test_deadlines_never_closer_than_the_next_scan_and_a_hello_renews_them() -> None:
+    reg = make()
+    assert reg.next_deadline() is None
+    a, _ = reg.hello(b"a", hello("a"), now=0.0)
+    assert reg.next_deadline() == pytest.approx(H)  # its first heartbeat to send
+    assert reg.scan_due(0.99)
+    assert not reg.scan_due(1.0)  # scans at most every scan_every_s
+    assert reg.next_deadline() == pytest.approx(0.99 + reg.scan_every_s)
+    reg.sent_to(a, 1.0)
+    reg.heard_from(a, 1.0)
+    reg.hello(b"b", hello("b"), now=0.5)  # (an earlier clock reading, on purpose)
+    assert reg.next_deadline() == pytest.approx(1.5)  # b's timer, seen without a scan
 
 
 def test_a_new_process_with_the_same_id_replaces_the_old_registration() -> None:

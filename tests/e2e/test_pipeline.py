@@ -82,12 +82,22 @@ def test_sigkill_mid_batch_loses_nothing(tmp_path: Path, processes: Processes) -
                 return False
         return True
 
-    wait_until(
-        all_processed,
-        60,
-        interval=0.25,
-        message="w0's claimed candidates processed by another worker",
-    )
+    def stuck() -> str:
+        left = [
+            row
+            for domain, asin in claimed
+            for row in fleet.query(
+                "select asin, claim_owner, claim_expires, attempts from candidates "
+                f"where domain={domain} and asin='{asin}'"
+            )
+        ]
+        return (
+            f"w0's claimed candidates processed by another worker; still queued "
+            f"(asin, owner, expires, attempts): {left[:10]} ({len(left)} in all); w1 log:\n"
+            f"{processes.log('w1')[-3000:]}\nbroker log:\n{processes.log('broker')[-3000:]}"
+        )
+
+    wait_until(all_processed, 60, interval=0.25, message=stuck)
     fleet.check_invariants()
 
 

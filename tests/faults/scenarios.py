@@ -42,6 +42,7 @@ from support import Processes, wait_until
 
 REFILL_RATE = 80
 REFILL_PERIOD_S = 0.25
+STEP_MARGIN_MS = 100  # see quiet_snapshot
 START_TOKENS = 600
 LATENCY_SCALE = 0.02  # offer calls take 0.04-0.4 s: workers hold permits a while
 # Two workers run the whole pipeline; the third only pages the deal feed: under a
@@ -142,7 +143,12 @@ def kills_of(fleet: Fleet, worker_id: str, pid: int) -> list[dict[str, Any]]:
 
 def quiet_snapshot(fleet: Fleet, bound_s: float = QUIET_BOUND_S) -> tuple[dict, dict]:
     """(simulator state, broker status) at a moment when nothing is in flight, no cost is
-    assumed, and the simulator's consumption stood still across the status read."""
+    assumed, and the simulator's balance stood still across the status read: no spend and
+    no refill step between the two reads, and the latest step at least STEP_MARGIN_MS old.
+    (The broker places a step from when it received the latest envelope, later than Keepa
+    sent it, so it sees a step late: by the settle's delay. A step that clamps a balance
+    above the cap after a plan change moves it by far more than the refill rate the drift
+    check allows.)"""
 
     def quiet() -> tuple[dict, dict] | None:
         before = fleet.sim_state()
@@ -154,6 +160,10 @@ def quiet_snapshot(fleet: Fleet, bound_s: float = QUIET_BOUND_S) -> tuple[dict, 
         if t["now"] is None or t["in_flight"] or t["assumed_spent"] or t["needs_sync"]:
             return None
         if before["tokens_consumed"] != after["tokens_consumed"]:
+            return None
+        if before["refill_steps"] != after["refill_steps"]:
+            return None
+        if before["refill_period_s"] * 1000 - before["refill_in_ms"] < STEP_MARGIN_MS:
             return None
         return before, st
 
