@@ -51,7 +51,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -409,7 +409,10 @@ class Broker:
         # hundreds of workers heartbeating.
         housekeep = bool(events.keys() - {self._router}) or due_s == 0
         if self._router in events:
-            for _ in range(MAX_BATCH):
+            for n in range(MAX_BATCH):
+                # (Asking EVENTS is cheaper than the zmq.Again raised by a recv on empty.)
+                if n and not cast(int, self._router.get(zmq.EVENTS)) & zmq.POLLIN:
+                    break
                 try:
                     frames = self._router.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
@@ -496,9 +499,11 @@ class Broker:
             self._maybe_sync(now)
         for decision in self.permits.schedule(now):
             self._send_decision(decision, now)
-        max_cost = self.ledger.max_cost()
-        for rec in self.registry.heartbeats_due(now) if scan else ():
-            self._send_to(rec, protocol.Heartbeat(info={"max_cost": max_cost}), now)
+        due = self.registry.heartbeats_due(now) if scan else []
+        if due:
+            beat = protocol.Heartbeat(info={"max_cost": self.ledger.max_cost()}).encode()
+            for rec in due:
+                self._send_to(rec, beat, now)  # encoded once for all
         self.registry.purge(now)
         if self._draining and (
             not self._in_flight_count()
@@ -697,11 +702,12 @@ class Broker:
         frames = [peer.identity, b"", msg.encode()] if peer.req else [peer.identity, msg.encode()]
         return self._send_frames(frames)
 
-    def _send_to(self, rec: WorkerRecord, msg: protocol.Message, now: float) -> bool:
+    def _send_to(self, rec: WorkerRecord, msg: protocol.Message | bytes, now: float) -> bool:
+        """Send a message (or one already encoded) to a registered worker."""
         # Counted as sent even when it failed: a vanished peer is not retried in a hot loop
         # (it goes silent and is handled as such).
         self.registry.sent_to(rec, now)
-        return self._send_frames([rec.identity, msg.encode()])
+        return self._send_frames([rec.identity, msg if isinstance(msg, bytes) else msg.encode()])
 
     def _send_frames(self, frames: list[bytes]) -> bool:
         assert self._router is not None

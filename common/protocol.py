@@ -219,7 +219,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 def encode(message: Message) -> bytes:
     """Serialize a message into one frame."""
-    fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+    fields = {name: getattr(message, name) for name in _schema(type(message))}
     try:
         return msgpack.packb([VERSION, message.TYPE, fields], use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
