@@ -39,6 +39,8 @@ if str(TESTS) not in sys.path:  # the fleet harness and the scenarios live with 
 from faults import scenarios  # noqa: E402
 from support import Processes  # noqa: E402
 
+from bench.harness import progress  # noqa: E402
+
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"duration_s": 120.0, "fuzz_inputs": 30_000},
     "full": {"duration_s": 900.0, "fuzz_inputs": 300_000},
@@ -90,10 +92,18 @@ def soak_fleet(duration_s: float, seed: int, log_dir: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     try:
         start = scenarios.start_fleet(fleet)
+        progress(f"soak: fleet up in {start['start_s']:.1f} s; logs in {log_dir}")
         runs["unwritable_database"] = [scenarios.unwritable_database(fleet, log_dir)]
         end = t0 + duration_s
+        done = 0
         while time.monotonic() < end:
             name = rng.choice(sorted(steps))
+            now = time.monotonic()
+            progress(
+                f"soak: scenario {done + 1} ({name}), {now - t0:.0f} s of {duration_s:.0f} s, "
+                f"{fleet.count('deals')} deals so far"
+            )
+            done += 1
             try:
                 runs[name].append(steps[name](fleet, rng))
             except AssertionError as exc:
@@ -121,6 +131,7 @@ def soak_fleet(duration_s: float, seed: int, log_dir: Path) -> dict[str, Any]:
 def soak_fuzz(inputs: int) -> dict[str, Any]:
     """The fuzz targets of ``tests/fuzz`` with ``inputs`` inputs each."""
     env = {**os.environ, "FLEET_FUZZ_EXAMPLES": str(inputs)}
+    progress(f"soak: fuzzing, {inputs} inputs per target (pytest tests/fuzz; no output until done)")
     t0 = time.monotonic()
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TESTS / "fuzz")],
