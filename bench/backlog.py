@@ -79,34 +79,14 @@ def run_backlog(spec: RunSpec, log_dir: Path, label: str) -> dict[str, Any]:
         env = h.broker_env(address, sim.url, key, spec.refill_period_s)
         children = []
         for i, share in enumerate(shares(asins, spec.processes)):
+            same = ["--batch", str(spec.batch), "--offers", str(OFFERS), "--asins", ",".join(share)]
             if spec.side == "fleet":
+                wid = f"{label}-w{i:02d}"
                 argv = h.python_command(
-                    "bench.fleet_worker",
-                    "--id",
-                    f"{label}-w{i:02d}",
-                    "--batch",
-                    str(spec.batch),
-                    "--offers",
-                    str(OFFERS),
-                    "--stats",
-                    str(STATS_DAYS),
-                    "--asins",
-                    ",".join(share),
+                    "bench.fleet_worker", "--id", wid, "--stats", str(STATS_DAYS), *same
                 )
             else:
-                argv = h.python_command(
-                    "bench.peer",
-                    "--sim",
-                    sim.url,
-                    "--key",
-                    key,
-                    "--batch",
-                    str(spec.batch),
-                    "--offers",
-                    str(OFFERS),
-                    "--asins",
-                    ",".join(share),
-                )
+                argv = h.python_command("bench.peer", "--sim", sim.url, "--key", key, *same)
             children.append(procs.start(f"{spec.side}{i:02d}", argv, env=env, pipes=True))
         h.wait_ready(children, timeout_s=180)
         sim.admin("tokens", key=key, tokens=spec.initial_tokens)
@@ -296,22 +276,7 @@ def _refills_between(t0: float, t1: float, period: float, phase: float | None) -
 
 def _refill_to_first(state: dict[str, Any]) -> tuple[float, float, int]:
     """(median, p99, count) of the simulator's refill-to-first-request delays, in ms."""
-    raw = state.get("refill_to_first_request_ms")
-    if isinstance(raw, dict):
-        values = raw.get("values") or raw.get("samples")
-        if isinstance(values, list):
-            return _stats([float(v) for v in values])
-        med = raw.get("median", raw.get("p50"))
-        p99 = raw.get("p99")
-        n = raw.get("count", raw.get("n", 0))
-        return (
-            float(med) if med is not None else float("nan"),
-            float(p99) if p99 is not None else float("nan"),
-            int(n or 0),
-        )
-    if isinstance(raw, list):
-        return _stats([float(v) for v in raw])
-    return float("nan"), float("nan"), 0
+    return _stats([float(v) for v in state.get("refill_to_first_request_ms") or []])
 
 
 def _stats(values: list[float]) -> tuple[float, float, int]:

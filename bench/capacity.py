@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +47,12 @@ def run(profile: str, log_dir: Path) -> str:
     p = PROFILES[profile]
     results: dict[str, list[dict[str, Any]]] = {"echo": [], "broker": []}
     with h.owned_processes(log_dir) as procs:
-        sim = h.start_sim(
-            procs, refill_rate=SIM_REFILL_RATE, refill_period_s=SIM_REFILL_PERIOD_S, latency_scale=0
-        )
-        key = "benchcap" + uuid.uuid4().hex[:12]
-        address = f"tcp://127.0.0.1:{h.free_port()}"
-        broker = h.start_broker(
-            procs, h.broker_env(address, sim.url, key, SIM_REFILL_PERIOD_S), extra=BROKER_ENV
+        address, broker = h.start_sim_and_broker(
+            procs,
+            refill_rate=SIM_REFILL_RATE,
+            refill_period_s=SIM_REFILL_PERIOD_S,
+            key_prefix="benchcap",
+            extra=BROKER_ENV,
         )
         echo_address = f"tcp://127.0.0.1:{h.free_port()}"
         echo = procs.start(

@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -190,10 +191,9 @@ class Processes:
     def _stop(children: Iterable[Child], grace_s: float) -> None:
         children = list(children)
         for c in children:
-            for stream in (c.proc.stdin,):
+            if c.proc.stdin is not None:
                 with contextlib.suppress(OSError):
-                    if stream is not None:
-                        stream.close()
+                    c.proc.stdin.close()
             if c.proc.poll() is None:
                 _signal_group(c.proc, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
@@ -336,7 +336,11 @@ def broker_env(address: str, sim_url: str, key: str, refill_period_s: float) -> 
 
 
 def start_broker(
-    procs: Processes, env: dict[str, str], *, name: str = "broker", extra: dict[str, str] | None
+    procs: Processes,
+    env: dict[str, str],
+    *,
+    name: str = "broker",
+    extra: dict[str, str] | None = None,
 ) -> Child:
     """``keepa-fleet broker`` as a process; returns once it answers STATUS."""
     address = env["FLEET_BROKER"]
@@ -353,6 +357,25 @@ def start_broker(
 
     wait_until(answering, START_TIMEOUT_S, "the broker to answer STATUS", interval_s=0.2)
     return child
+
+
+def start_sim_and_broker(
+    procs: Processes,
+    *,
+    refill_rate: int,
+    refill_period_s: float,
+    key_prefix: str,
+    extra: dict[str, str] | None = None,
+) -> tuple[str, Child]:
+    """A simulator without latency and a broker on a fresh account of it (a random key
+    starting with ``key_prefix``): the broker's address and process."""
+    sim = start_sim(
+        procs, refill_rate=refill_rate, refill_period_s=refill_period_s, latency_scale=0
+    )
+    key = key_prefix + uuid.uuid4().hex[:12]
+    address = f"tcp://127.0.0.1:{free_port()}"
+    broker = start_broker(procs, broker_env(address, sim.url, key, refill_period_s), extra=extra)
+    return address, broker
 
 
 def broker_status(address: str, timeout_s: float = 3.0) -> dict[str, Any] | None:
@@ -410,19 +433,22 @@ class Figure:
     values: list[float]
 
     @property
+    def measured(self) -> list[float]:
+        """The values that are not NaN (a repeat that did not measure this figure)."""
+        return [v for v in self.values if v == v]
+
+    @property
     def median(self) -> float:
-        vals = [v for v in self.values if v == v]
+        vals = self.measured
         return float(statistics.median(vals)) if vals else float("nan")
 
     @property
     def low(self) -> float:
-        vals = [v for v in self.values if v == v]
-        return min(vals) if vals else float("nan")
+        return min(self.measured, default=float("nan"))
 
     @property
     def high(self) -> float:
-        vals = [v for v in self.values if v == v]
-        return max(vals) if vals else float("nan")
+        return max(self.measured, default=float("nan"))
 
     def fmt(self, spec: str = ".1f", unit: str = "") -> str:
         if self.median != self.median:

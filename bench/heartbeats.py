@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,11 @@ class Params:
     repeats: int
     idle_window_s: float
 
+    @property
+    def n_first(self) -> int:
+        """The first holder's workers (measured alone before the others start)."""
+        return min(PER_HOLDER, self.workers)
+
 
 PROFILES = {
     "quick": Params(workers=500, window_s=8.0, repeats=3, idle_window_s=4.0),
@@ -52,13 +56,11 @@ def run(profile: str, log_dir: Path) -> str:
     holder_results: list[dict[str, Any]] = []
     registered = alive_end = -1
     with h.owned_processes(log_dir) as procs:
-        sim = h.start_sim(
-            procs, refill_rate=SIM_REFILL_RATE, refill_period_s=SIM_REFILL_PERIOD_S, latency_scale=0
-        )
-        key = "benchhb" + uuid.uuid4().hex[:12]
-        address = f"tcp://127.0.0.1:{h.free_port()}"
-        broker = h.start_broker(
-            procs, h.broker_env(address, sim.url, key, SIM_REFILL_PERIOD_S), extra=None
+        address, broker = h.start_sim_and_broker(
+            procs,
+            refill_rate=SIM_REFILL_RATE,
+            refill_period_s=SIM_REFILL_PERIOD_S,
+            key_prefix="benchhb",
         )
         for r in range(p.repeats):
             h.progress(f"{NAME}: idle broker, window {r + 1}/{p.repeats} ({p.idle_window_s:.0f} s)")
@@ -67,12 +69,11 @@ def run(profile: str, log_dir: Path) -> str:
         # The first holder alone, then all of them: how the cost grows with the count. A
         # holder is started only when it can be sent GO at once (its workers heartbeat from
         # GO on; registered workers left silent would be killed).
-        holders = [_holder(procs, address, 0, min(PER_HOLDER, p.workers))]
+        holders = [_holder(procs, address, 0, p.n_first)]
         h.wait_ready(holders, timeout_s=120)
         holders[0].send(f"GO {t_stop:.6f}")
         time.sleep(SETTLE_S)
-        n_first = min(PER_HOLDER, p.workers)
-        h.progress(f"{NAME}: {n_first} heartbeating workers ({p.window_s:.0f} s)")
+        h.progress(f"{NAME}: {p.n_first} heartbeating workers ({p.window_s:.0f} s)")
         first.append(_measure(broker.pid, p.window_s))
         holders += [
             _holder(procs, address, i, min(PER_HOLDER, p.workers - i))
@@ -157,7 +158,7 @@ def _report(
         [
             ["idle, no worker (baseline)", cpu_idle.fmt(".2f"), rss_idle.fmt(".1f")],
             [
-                f"{min(PER_HOLDER, p.workers)} workers heartbeating at 1 Hz (one window)",
+                f"{p.n_first} workers heartbeating at 1 Hz (one window)",
                 h.figures(first, "cpu_pct").fmt(".2f"),
                 h.figures(first, "rss_mb").fmt(".1f"),
             ],
@@ -206,11 +207,11 @@ def _report(
         f"{PER_HOLDER} DEALER sockets that say HELLO as separate workers and heartbeat at "
         f"{1 / HEARTBEAT_S:.0f} Hz (staggered, progress advancing). Same broker process "
         f"throughout: {p.repeats} windows of {p.idle_window_s:.0f} s idle (the baseline), one "
-        f"of {p.window_s:.0f} s with the first {min(PER_HOLDER, p.workers)} workers, then "
+        f"of {p.window_s:.0f} s with the first {p.n_first} workers, then "
         f"{p.repeats} of {p.window_s:.0f} s with all {p.workers}."
     )
     parts = [setup, main, facts, goals]
-    n_first = min(PER_HOLDER, p.workers)
+    n_first = p.n_first
     c_first = h.figures(first, "cpu_pct").median
     per_first, per_all = c_first / n_first * 100, cpu.median / p.workers * 100
     growth = (

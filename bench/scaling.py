@@ -37,31 +37,21 @@ class Params:
     repeats: int
 
 
+QUICK = Params(
+    workers=(1, 2, 4, 8, 16),
+    backlog=400,
+    batch=6,
+    refill_rate=40,
+    refill_period_s=1.0,
+    latency_scale=1.0,
+    initial_tokens=0,
+    warmup_s=8.0,
+    window_s=20.0,
+    repeats=1,
+)
 PROFILES = {
-    "quick": Params(
-        workers=(1, 2, 4, 8, 16),
-        backlog=400,
-        batch=6,
-        refill_rate=40,
-        refill_period_s=1.0,
-        latency_scale=1.0,
-        initial_tokens=0,
-        warmup_s=8.0,
-        window_s=20.0,
-        repeats=1,
-    ),
-    "full": Params(
-        workers=(1, 2, 4, 8, 16),
-        backlog=1500,
-        batch=6,
-        refill_rate=40,
-        refill_period_s=1.0,
-        latency_scale=1.0,
-        initial_tokens=0,
-        warmup_s=10.0,
-        window_s=90.0,
-        repeats=3,
-    ),
+    "quick": QUICK,
+    "full": dataclasses.replace(QUICK, backlog=1500, warmup_s=10.0, window_s=90.0, repeats=3),
 }
 
 

@@ -26,20 +26,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.harness import ROOT, progress
+
 TESTS = ROOT / "tests"
 if str(TESTS) not in sys.path:  # the fleet harness and the scenarios live with the tests
     sys.path.insert(0, str(TESTS))
 
 from faults import scenarios  # noqa: E402
 from support import Processes  # noqa: E402
-
-from bench.harness import progress  # noqa: E402
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"duration_s": 120.0, "fuzz_inputs": 30_000},
@@ -151,14 +149,8 @@ def run(profile: str) -> dict[str, Any]:
     """The soak of ``profile`` (quick or full): its figures, or SoakFailure."""
     config = PROFILES[profile]
     log_dir = Path(tempfile.mkdtemp(prefix="keepa-fleet-soak-"))
-    try:
-        figures = soak_fleet(config["duration_s"], SEED, log_dir)
-        figures["fuzz"] = soak_fuzz(config["fuzz_inputs"])
-    except SoakFailure:
-        raise  # the logs stay for diagnosis
-    except Exception:
-        traceback.print_exc()
-        raise
+    figures = soak_fleet(config["duration_s"], SEED, log_dir)  # on failure the logs stay
+    figures["fuzz"] = soak_fuzz(config["fuzz_inputs"])
     shutil.rmtree(log_dir, ignore_errors=True)
     figures["profile"] = profile
     return figures

@@ -43,29 +43,20 @@ class Params:
     repeats: int
 
 
+QUICK = Params(
+    processes=(1, 4, 16),
+    backlog=40,
+    batch=8,
+    refill_rate=20,
+    refill_period_s=1.0,
+    latency_scale=1.0,
+    initial_tokens=40,
+    time_limit_s=50.0,
+    repeats=1,
+)
 PROFILES = {
-    "quick": Params(
-        processes=(1, 4, 16),
-        backlog=40,
-        batch=8,
-        refill_rate=20,
-        refill_period_s=1.0,
-        latency_scale=1.0,
-        initial_tokens=40,
-        time_limit_s=50.0,
-        repeats=1,
-    ),
-    "full": Params(
-        processes=(1, 4, 16),
-        backlog=192,
-        batch=8,
-        refill_rate=20,
-        refill_period_s=1.0,
-        latency_scale=1.0,
-        initial_tokens=40,
-        time_limit_s=240.0,
-        repeats=3,
-    ),
+    "quick": QUICK,
+    "full": dataclasses.replace(QUICK, backlog=192, time_limit_s=240.0, repeats=3),
 }
 
 

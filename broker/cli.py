@@ -65,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from broker.server import Broker
 
     flags = {"broker.address": args.bind, "broker.metrics_port": args.metrics_port}
-    settings = load_settings(
-        args.config, overrides={k: v for k, v in flags.items() if v is not None}
-    )
+    settings = load_settings(args.config, overrides=flags)  # (an unset flag is None)
     broker = Broker(settings, drain_timeout_s=max(0.0, args.drain_timeout))
     stop = threading.Event()
     signals_seen = []

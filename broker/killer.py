@@ -28,7 +28,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from common import procinfo
 
@@ -48,9 +48,9 @@ SIGKILLED = "sigkilled"
 GRACE_OVER = "grace_over"  # another host: we cannot watch the process, we stop waiting
 
 
-@dataclasses.dataclass(frozen=True)
-class KillTarget:
-    """What the killer needs to know about a worker."""
+class KillTarget(Protocol):
+    """What the killer needs to know about a worker (the registry's ``WorkerRecord`` is
+    one: the broker passes its record as it is)."""
 
     worker_id: str
     key: str
@@ -158,24 +158,21 @@ class Killer:
         done: list[KillRecord] = []
         for key, pending in list(self._pending.items()):
             target, record = pending.target, pending.record
+            # Checked right before any SIGKILL below: never SIGKILL a reused pid.
             if target.same_host and process_gone(target.pid, target.start_time):
                 record.outcome = EXITED
                 log.info("worker %s (pid %d) is gone", target.worker_id, target.pid)
             elif now < pending.deadline:
                 continue
             elif target.same_host:
-                # Checked again right before the signal: never SIGKILL a reused pid.
-                if process_gone(target.pid, target.start_time):
-                    record.outcome = EXITED
-                else:
-                    record.outcome = SIGKILLED
-                    log.warning(
-                        "worker %s (pid %d) still there %.1f s after SIGTERM: SIGKILL",
-                        target.worker_id,
-                        target.pid,
-                        self.grace_s,
-                    )
-                    self._try_signal(target.pid, signal.SIGKILL)
+                record.outcome = SIGKILLED
+                log.warning(
+                    "worker %s (pid %d) still there %.1f s after SIGTERM: SIGKILL",
+                    target.worker_id,
+                    target.pid,
+                    self.grace_s,
+                )
+                self._try_signal(target.pid, signal.SIGKILL)
             else:
                 record.outcome = GRACE_OVER
             record.done_at = now
@@ -191,9 +188,6 @@ class Killer:
     def pending(self) -> int:
         return len(self._pending)
 
-    def is_pending(self, key: str) -> bool:
-        return key in self._pending
-
     # --- internals ----------------------------------------------------------------------
 
     def _signal_term(self, target: KillTarget, reason: str) -> str:
@@ -201,8 +195,8 @@ class Killer:
         if pid <= 1 or pid == self._own_pid:
             log.error("not killing worker %s: pid %d is not safe to signal", target.worker_id, pid)
             return SKIPPED_UNSAFE_PID
-        if not procinfo.same_process(pid, target.start_time):
-            actual = procinfo.process_start_time(pid)
+        actual = procinfo.process_start_time(pid)
+        if actual != target.start_time:  # (procinfo.same_process, read once for the log)
             log.warning(
                 "not killing worker %s (%s): pid %d %s (HELLO said start time %d); "
                 "marked gone without a signal",

@@ -297,9 +297,6 @@ class Ledger:
     def refresh(self, now: float) -> None:
         """Bring time-dependent state up to ``now`` (the end of recharge mode). Every method
         that takes ``now`` does this; ``recharge_mode`` read alone may be stale."""
-        self._refresh(now)
-
-    def _refresh(self, now: float) -> None:
         if self.recharge_mode and self.available(now) >= self.resume_level:
             self.recharge_mode = False
             log.info("recharge over: %d tokens available", self.available(now))
@@ -307,7 +304,7 @@ class Ledger:
     def can_grant(self, cost: int, now: float) -> bool:
         if self._obs is None or cost < 1:
             return False
-        self._refresh(now)
+        self.refresh(now)
         if self.recharge_mode:
             return False
         available = self.available(now)
@@ -361,7 +358,7 @@ class Ledger:
     def observe(self, obs: Observation, now: float) -> bool:
         """Take a Keepa observation. False when it was ignored (older than the newest)."""
         accepted = self._observe(obs, now)
-        self._refresh(now)
+        self.refresh(now)
         return accepted
 
     def _observe(self, obs: Observation, now: float) -> bool:
@@ -497,9 +494,8 @@ class Ledger:
     def settle(self, permit: str, obs: Observation | None, now: float) -> None:
         """The call is over. ``obs`` is its envelope (the permit leaves in-flight: the
         envelope includes it); None = outcome unknown: the cost is assumed spent."""
-        if permit in self._in_flight:
-            cost = self._in_flight.pop(permit)
-            self._in_flight_total -= cost
+        cost = self._take_in_flight(permit)
+        if cost is not None:
             if obs is None:
                 self._assume(permit, cost, now)
                 self._permit_ended(permit, cost, None, None)
@@ -518,28 +514,33 @@ class Ledger:
         elif obs is not None:
             self.tokens_spent += obs.tokens_consumed
             self._observe(obs, now)
-        self._refresh(now)
+        self.refresh(now)
 
     def release(self, permit: str, now: float) -> None:
         """The call never left the worker: nothing was spent."""
-        if permit in self._in_flight:
-            cost = self._in_flight.pop(permit)
-            self._in_flight_total -= cost
+        cost = self._take_in_flight(permit)
+        if cost is not None:
             self._permit_ended(permit, cost, 0, None)
         elif permit in self._assumed:
             assumed = self._assumed.pop(permit)
             self._assumed_total -= assumed.cost
             self.tokens_spent -= assumed.cost
-        self._refresh(now)
+        self.refresh(now)
 
     def expire(self, permit: str, now: float) -> None:
         """The lease ran out unsettled: the cost is assumed spent until a sync shows more."""
-        if permit in self._in_flight:
-            cost = self._in_flight.pop(permit)
-            self._in_flight_total -= cost
+        cost = self._take_in_flight(permit)
+        if cost is not None:
             self._assume(permit, cost, now)
             self._permit_ended(permit, cost, None, None)
-        self._refresh(now)
+        self.refresh(now)
+
+    def _take_in_flight(self, permit: str) -> int | None:
+        """Take ``permit`` out of flight: its cost, or None when it was not in flight."""
+        cost = self._in_flight.pop(permit, None)
+        if cost is not None:
+            self._in_flight_total -= cost
+        return cost
 
     def _assume(self, permit: str, cost: int, now: float) -> None:
         self._assumed[permit] = _Assumed(cost=cost, at=now)
@@ -550,7 +551,7 @@ class Ledger:
     # --- status ---------------------------------------------------------------------------
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        self._refresh(now)
+        self.refresh(now)
         obs = self._obs
         nxt = self.next_refill_at(now)
         return {

@@ -105,7 +105,7 @@ class BrokerMetrics:
         if not force and now < self._next_update:
             return
         self._next_update = now + UPDATE_EVERY_S
-        state = broker.status(now)
+        state = broker.status(now, per_worker=False)
         tokens, permits, keepa = state["tokens"], state["permits"], state["keepa"]
         _set(self.tokens, tokens.get("now"))
         _set(self.available, tokens.get("available"))

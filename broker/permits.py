@@ -406,8 +406,12 @@ class PermitBook:
             return math.inf
         return max(0.0, head_at - now)
 
+    def held_by_worker(self) -> Counter[str]:
+        """Granted, unsettled permits by worker (one pass over them all, for status)."""
+        return Counter(p.worker for p in self._granted.values())
+
     def permits_held(self, worker: str) -> int:
-        return sum(1 for p in self._granted.values() if p.worker == worker)
+        return self.held_by_worker()[worker]
 
     def queued_for(self, worker: str) -> int:
         return self._queued_per_worker[worker]

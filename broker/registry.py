@@ -309,9 +309,6 @@ class Registry:
     def mark_gone(self, rec: WorkerRecord, now: float, reason: str) -> None:
         self._end(rec, now, reason)
 
-    def drop_identity(self, identity: bytes) -> None:
-        self._by_identity.pop(identity, None)
-
     # --- timers -------------------------------------------------------------------------
 
     def check(self, now: float, queued: Callable[[str], bool]) -> list[tuple[WorkerRecord, str]]:

@@ -855,16 +855,7 @@ class Broker:
         )
         self.permits.drop_worker(rec.key, now)
         self.registry.mark_killing(rec, now)
-        target = KillTarget(
-            worker_id=rec.worker_id,
-            key=rec.key,
-            identity=rec.identity,
-            host=rec.host,
-            pid=rec.pid,
-            start_time=rec.start_time,
-            same_host=rec.same_host,
-        )
-        record = self.killer.kill(target, reason, now)
+        record = self.killer.kill(rec, reason, now)
         if record.done_at is not None:
             self.registry.mark_gone(rec, now, f"not killed ({record.action})")
 
@@ -897,10 +888,12 @@ class Broker:
 
     # --- status -------------------------------------------------------------------------
 
-    def status(self, now: float) -> dict[str, Any]:
-        """The whole live state (STATUS_REPLY, the status tool, metrics)."""
+    def status(self, now: float, *, per_worker: bool = True) -> dict[str, Any]:
+        """The whole live state (STATUS_REPLY, the status tool). ``per_worker=False`` leaves
+        the ``workers`` and ``kills`` lists empty: the figures only, which is all the
+        metrics and the summary line read, without a dict per worker every time."""
         has = self.ledger.has_observation
-        snapshot = dict(self.ledger.snapshot(now))
+        snapshot = self.ledger.snapshot(now)
         tokens: dict[str, Any] = {
             "now": self.ledger.projected(now) if has else None,
             "available": self.ledger.available(now) if has else None,
@@ -926,42 +919,6 @@ class Broker:
         }
         for key, value in snapshot.items():
             tokens.setdefault(key, value)
-        permits: dict[str, Any] = {
-            "granted": 0,
-            "settled": 0,
-            "expired": 0,
-            "rejected": 0,
-            "queued": 0,
-            "oldest_wait_s": None,
-        }
-        permits.update(self.permits.stats(now))
-        permits.setdefault("head_wait_s", self.permits.head_wait_s(now) if has else None)
-        workers = []
-        for rec in self.registry.records():
-            workers.append(
-                {
-                    "id": rec.worker_id,
-                    "host": rec.host,
-                    "pid": rec.pid,
-                    "role": rec.role,
-                    "version": rec.version,
-                    "state": rec.state,
-                    "state_age_s": round(now - rec.state_since, 3),
-                    "heartbeat_age_s": round(now - rec.last_seen, 3),
-                    "progress": rec.progress,
-                    "progress_age_s": round(now - rec.progress_at, 3),
-                    "waiting": rec.waiting,
-                    "permits_held": self.permits.permits_held(rec.key),
-                    "queued": self.permits.queued_for(rec.key),
-                    "tokens_spent": rec.tokens_spent,
-                    "settles": rec.settles,
-                    "stage": rec.stage,
-                    "items_done": rec.items_done,
-                    "gone_reason": rec.gone_reason,
-                }
-            )
-        wall = self.wall_clock()
-        kills = [k.as_dict(now, wall) for k in list(self.killer.history)[-MAX_KILLS_SHOWN:]]
         b = self.settings.broker
         state = {
             "broker_id": self.broker_id,
@@ -972,10 +929,10 @@ class Broker:
             "uptime_s": round(now - self._started_at, 3),
             "draining": self._draining,
             "tokens": tokens,
-            "permits": permits,
-            "workers": workers,
+            "permits": self.permits.stats(now),
+            "workers": self._workers_status(now) if per_worker else [],
             "workers_by_state": self.registry.counts_by_state(),
-            "kills": kills,
+            "kills": self._kills_status(now) if per_worker else [],
             "kills_by_reason": dict(self.killer.by_reason),
             "kills_by_action": dict(self.killer.by_action),
             "keepa": {
@@ -1009,8 +966,38 @@ class Broker:
         }
         return dict(json_safe(state))
 
+    def _workers_status(self, now: float) -> list[dict[str, Any]]:
+        held = self.permits.held_by_worker()
+        return [
+            {
+                "id": rec.worker_id,
+                "host": rec.host,
+                "pid": rec.pid,
+                "role": rec.role,
+                "version": rec.version,
+                "state": rec.state,
+                "state_age_s": round(now - rec.state_since, 3),
+                "heartbeat_age_s": round(now - rec.last_seen, 3),
+                "progress": rec.progress,
+                "progress_age_s": round(now - rec.progress_at, 3),
+                "waiting": rec.waiting,
+                "permits_held": held[rec.key],
+                "queued": self.permits.queued_for(rec.key),
+                "tokens_spent": rec.tokens_spent,
+                "settles": rec.settles,
+                "stage": rec.stage,
+                "items_done": rec.items_done,
+                "gone_reason": rec.gone_reason,
+            }
+            for rec in self.registry.records()
+        ]
+
+    def _kills_status(self, now: float) -> list[dict[str, Any]]:
+        wall = self.wall_clock()
+        return [k.as_dict(now, wall) for k in list(self.killer.history)[-MAX_KILLS_SHOWN:]]
+
     def summary_line(self, now: float) -> str:
-        s = self.status(now)
+        s = self.status(now, per_worker=False)
         t, p, k = s["tokens"], s["permits"], s["keepa"]
         by_state = s["workers_by_state"]
         return (

@@ -19,6 +19,7 @@ from typing import Any
 import zmq
 
 from common import protocol
+from common.cli import add_broker_argument
 from common.config import load_settings
 from common.curve import setup_client
 from common.errors import ConfigError, ProtocolError
@@ -43,13 +44,7 @@ Exit status: 0 the broker answered; 2 it did not answer within --timeout (or a u
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument(
-        "--broker",
-        default=None,
-        metavar="ADDR",
-        help="the broker's ZeroMQ address (default: $FLEET_BROKER, else the broker.address "
-        "setting, tcp://127.0.0.1:5555)",
-    )
+    add_broker_argument(parser)
     parser.add_argument(
         "--json",
         action="store_true",
@@ -76,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--timeout", "must be positive")
     if args.watch is not None and args.watch <= 0:
         raise ConfigError("--watch", "must be positive")
-    overrides = {"broker.address": args.broker} if args.broker else {}
-    settings = load_settings(args.config, overrides=overrides)
+    settings = load_settings(args.config, overrides={"broker.address": args.broker or None})
     address = settings.broker.address
     curve_dir = settings.broker.curve_dir
     if args.watch is None:

@@ -44,6 +44,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 log = logging.getLogger("keepa_fleet")
 
 
+def add_broker_argument(parser: argparse.ArgumentParser) -> None:
+    """``--broker ADDR``, the ``broker.address`` to connect to (worker and status)."""
+    parser.add_argument(
+        "--broker",
+        default=None,
+        metavar="ADDR",
+        help="the broker's ZeroMQ address (default: $FLEET_BROKER, else the broker.address "
+        "setting, tcp://127.0.0.1:5555)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keepa-fleet",

@@ -11,30 +11,30 @@ import os
 import socket
 
 
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot, or None when there is no such process."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3 onwards of ``/proc/<pid>/stat``, or None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
+    except OSError:
         return None
     # The command name (field 2) is in parentheses and may itself contain spaces or ')'.
-    rest = data[data.rfind(b")") + 2 :].split()
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot, or None when there is no such process."""
+    fields = _stat_fields(pid)
     try:
-        return int(rest[19])  # field 22 overall; rest starts at field 3
+        return int(fields[19]) if fields is not None else None  # field 22 overall
     except (IndexError, ValueError):
         return None
 
 
 def process_state(pid: int) -> str | None:
     """One-letter state of ``pid`` (R, S, T stopped, Z zombie, ...), or None when gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    rest = data[data.rfind(b")") + 2 :].split()
-    return rest[0].decode() if rest else None
+    fields = _stat_fields(pid)
+    return fields[0].decode() if fields else None
 
 
 def same_process(pid: int, start_time: int) -> bool:

@@ -22,6 +22,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from common.keepa import TokenEnvelope
+
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 UNPAID_PREFIX = "unpaid"
 CAP_STEPS = 60  # the balance never exceeds 60 x refill_rate (one hour of refills on Keepa)
@@ -66,7 +68,7 @@ class Account:
         self.tokens_consumed = 0
         self.external_consumed = 0
         self.requests = 0
-        self.calls: dict[str, int] = {"token": 0, "product": 0, "deal": 0, "other": 0}
+        self.calls: dict[str, int] = {"token": 0, "product": 0, "deal": 0}  # by route
         self.statuses: dict[int, int] = {}
         self.refill_to_first_request_ms: deque[float] = deque(maxlen=REFILL_HISTORY_STEPS)
         self._last_served_step = 0
@@ -102,20 +104,27 @@ class Account:
     def count_call(self, kind: str) -> None:
         with self.lock:
             self.requests += 1
-            self.calls[kind if kind in self.calls else "other"] += 1
+            self.calls[kind] += 1
 
     def record_status(self, status: int) -> None:
         with self.lock:
             self.statuses[status] = self.statuses.get(status, 0) + 1
 
+    def _accept(self, now: float, cost: int) -> bool:
+        """The acceptance rule (the caller holds the lock): when the balance is > 0, deduct
+        the full ``cost`` and return True; otherwise change nothing and return False."""
+        self._refill(now)
+        if self.balance <= 0:
+            return False
+        self.balance -= cost
+        self.tokens_consumed += cost
+        return True
+
     def try_charge(self, now: float, cost: int) -> Charge:
-        """The acceptance rule, atomically: deduct ``cost`` when the balance is > 0."""
+        """The acceptance rule, atomically, for an API request costing ``cost``."""
         with self.lock:
-            self._refill(now)
-            if self.balance <= 0:
+            if not self._accept(now, cost):
                 return Charge(False, self.balance)
-            self.balance -= cost
-            self.tokens_consumed += cost
             self.min_tokens_left = min(self.min_tokens_left, self.balance)
             if cost > 0:
                 k = self._step_index(now)
@@ -126,18 +135,17 @@ class Account:
             return Charge(True, self.balance)
 
     def envelope(self, now: float, consumed: int, processing_ms: int) -> dict[str, Any]:
-        """The token fields of a response sent at ``now``."""
+        """The token fields of a response sent at ``now`` (``tokenFlowReduction`` 0.0)."""
         with self.lock:
             self._refill(now)
-            return {
-                "timestamp": int(now * 1000),
-                "tokensLeft": self.balance,
-                "refillIn": self._refill_in_ms(now),
-                "refillRate": self.refill_rate,
-                "tokenFlowReduction": 0.0,
-                "tokensConsumed": consumed,
-                "processingTimeInMs": processing_ms,
-            }
+            return TokenEnvelope(
+                timestamp_ms=int(now * 1000),
+                tokens_left=self.balance,
+                refill_in_ms=self._refill_in_ms(now),
+                refill_rate=self.refill_rate,
+                tokens_consumed=consumed,
+                processing_time_ms=processing_ms,
+            ).to_wire()
 
     # --- admin --------------------------------------------------------------------------
 
@@ -156,11 +164,8 @@ class Account:
         too. Counted in ``tokens_consumed`` and ``external_consumed``, not in
         ``min_tokens_left`` (which watches what the API requests did)."""
         with self.lock:
-            self._refill(now)
-            if self.balance <= 0:
+            if not self._accept(now, tokens):
                 return Charge(False, self.balance)
-            self.balance -= tokens
-            self.tokens_consumed += tokens
             self.external_consumed += tokens
             return Charge(True, self.balance)
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.keepa import TokenEnvelope
 from sim.account import Account, Accounts, valid_key
 from sim.catalog import (
     DEFAULT_CATALOG_SIZE,
@@ -86,7 +87,6 @@ class Outcome:
     consumed: int = 0
     latency_s: float = 0.0  # simulated processing time, counted from ``started``
     fault: FaultHit | None = None
-    route: str = ""
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -187,26 +187,21 @@ class KeepaSim:
         key = query.get("key") or ""
         if not valid_key(key):
             err = rejected("missing or malformed key")
-            return Outcome(400, err.body(), route=route, started=started)
+            return Outcome(400, err.body(), started=started)
         account = self.accounts.get(key, now)
         account.count_call(route)
         fault: FaultHit | None = None
-        if not account.paid:
-            err = ApiError(402, "this key has no access (payment required)")
-            outcome = Outcome(402, err.body(), account, route=route, started=started)
-        else:
+        try:
+            if not account.paid:
+                raise ApiError(402, "this key has no access (payment required)")
             fault = self.faults.take(path)
             if fault is not None and fault.kind == "500":
-                err = ApiError(500, "injected internal server error")
-                outcome = Outcome(500, err.body(), account, route=route, started=started)
-            else:
-                try:
-                    outcome = self.handlers[route](account, query, body, now)
-                except ApiError as exc:
-                    outcome = Outcome(exc.status, exc.body(), account)
-                outcome.route = route
-                outcome.started = started
+                raise ApiError(500, "injected internal server error")
+            outcome = self.handlers[route](account, query, body, now)
+        except ApiError as exc:
+            outcome = Outcome(exc.status, exc.body(), account)
         outcome.fault = fault
+        outcome.started = started
         account.record_status(outcome.status)
         return outcome
 
@@ -216,21 +211,21 @@ class KeepaSim:
         processing_ms = round((time.monotonic() - outcome.started) * 1000)
         if outcome.account is not None:
             envelope = outcome.account.envelope(now, outcome.consumed, processing_ms)
-        else:
-            envelope = {
-                "timestamp": int(now * 1000),
-                "tokensLeft": 0,
-                "refillIn": 0,
-                "refillRate": 0,
-                "tokenFlowReduction": 0.0,
-                "tokensConsumed": 0,
-                "processingTimeInMs": processing_ms,
-            }
+        else:  # no account (bad key, unknown path): a zero envelope
+            envelope = TokenEnvelope(
+                timestamp_ms=int(now * 1000),
+                tokens_left=0,
+                refill_in_ms=0,
+                refill_rate=0,
+                processing_time_ms=processing_ms,
+            ).to_wire()
         return {**envelope, **outcome.body}
 
-    def _refused(self, account: Account) -> Outcome:
-        err = ApiError(429, "not enough tokens: the balance is not positive")
-        return Outcome(429, err.body(), account)
+    @staticmethod
+    def _charge(account: Account, now: float, cost: int) -> None:
+        """The acceptance rule: charge ``cost``, or refuse the request with 429."""
+        if not account.try_charge(now, cost).accepted:
+            raise ApiError(429, "not enough tokens: the balance is not positive")
 
     def handle_token(
         self, account: Account, query: Mapping[str, str], body: bytes, now: float
@@ -288,8 +283,7 @@ class KeepaSim:
                 cost += RATING_COST
             plan.append((p, returned, ok))
 
-        if not account.try_charge(now, cost).accepted:
-            return self._refused(account)
+        self._charge(account, now, cost)
 
         products = []
         for p, returned, ok in plan:
@@ -339,8 +333,7 @@ class KeepaSim:
         except ValueError:
             raise rejected("selection is not valid JSON") from None
         q = parse_selection(selection)
-        if not account.try_charge(now, DEAL_COST).accepted:
-            return self._refused(account)
+        self._charge(account, now, DEAL_COST)
         deals = self.feed.page(q, now)
         return Outcome(
             200,

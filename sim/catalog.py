@@ -313,12 +313,15 @@ class Catalog:
 
     # --- Keepa's copy -------------------------------------------------------------------
 
+    def last_price_change(self, p: Profile, t: float) -> float:
+        """When the product's latest dip began, or ended if it is over, as of ``t``."""
+        ev = self.latest_event(p, t)
+        return ev.end if ev.end <= t else ev.start
+
     def model_last_update(self, p: Profile, t: float) -> float:
         """When Keepa last updated the product on its own, as of ``t``."""
         periodic = t - ((t - p.update_phase_s) % p.update_every_s)
-        ev = self.latest_event(p, t)
-        change = ev.end if ev.end <= t else ev.start
-        return max(periodic, change)
+        return max(periodic, self.last_price_change(p, t))
 
     def last_update(self, p: Profile, t: float) -> float:
         with self._refresh_lock:
@@ -438,8 +441,6 @@ class Catalog:
             current[RATING] = current[COUNT_REVIEWS] = -1
         if not with_buybox:
             current[BUY_BOX_SHIPPING] = -1
-        ev = self.latest_event(p, data_time)
-        last_change = ev.end if ev.end <= data_time else ev.start
         obj: dict[str, Any] = {
             "asin": p.asin,
             "domainId": domain,
@@ -451,7 +452,7 @@ class Catalog:
             "salesRankReference": p.root_cat if p.rank0 > 0 else -1,
             "trackingSince": keepa_minute(p.tracking_since_s),
             "lastUpdate": keepa_minute(data_time),
-            "lastPriceChange": keepa_minute(last_change),
+            "lastPriceChange": keepa_minute(self.last_price_change(p, data_time)),
         }
         samples: list[tuple[float, list[int]]] | None = None
         if history:

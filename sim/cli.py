@@ -18,7 +18,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from common.config import KeepaSettings, SimSettings, env_name, load_settings
+from common.config import SECTIONS, env_name, load_settings
+from sim.account import CAP_STEPS
 from sim.catalog import DEFAULT_CATALOG_SIZE, DEFAULT_DEAL_INTERVAL_S
 from sim.server import SimServer, is_loopback
 
@@ -54,8 +55,15 @@ Admin API (for tests and benchmarks; not part of Keepa):
 """
 
 
-def _setting(cls: type, name: str) -> dataclasses.Field[Any]:
-    return {f.name: f for f in dataclasses.fields(cls)}[name]
+# Flags that override a setting ("section.name"); a flag left unset overrides nothing.
+SETTING_FLAGS = {
+    "--port": "sim.port",
+    "--refill-rate": "sim.refill_rate",
+    "--refill-period": "keepa.refill_period_s",
+    "--tokens": "sim.tokens",
+    "--seed": "sim.seed",
+    "--latency-scale": "sim.latency_scale",
+}
 
 
 def _number(kind: type, lo: float | None, hi: float | None) -> Callable[[str], Any]:
@@ -77,16 +85,22 @@ def _number(kind: type, lo: float | None, hi: float | None) -> Callable[[str], A
     return parse
 
 
-def _from_setting(cls: type, section: str, name: str) -> tuple[Callable[[str], Any], str]:
-    """(argparse type, "default" text) of a flag that overrides setting ``section.name``."""
-    f = _setting(cls, name)
-    kind = type(f.default)
-    meta = f.metadata
-    text = (
+def _add_setting_flag(parser: argparse.ArgumentParser, flag: str, metavar: str, help: str) -> None:
+    """A flag of ``SETTING_FLAGS``: typed and bounded like its setting, its help naming where
+    the default comes from."""
+    section, name = SETTING_FLAGS[flag].split(".")
+    f = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+    source = (
         f"default: ${env_name(section, f)}, else {name} in the [{section}] table of the "
         f"settings file, else {f.default}"
     )
-    return _number(kind, meta.get("lo"), meta.get("hi")), text
+    parser.add_argument(
+        flag,
+        type=_number(type(f.default), f.metadata.get("lo"), f.metadata.get("hi")),
+        default=None,
+        metavar=metavar,
+        help=f"{help} ({source})",
+    )
 
 
 def _host(text: str) -> str:
@@ -100,14 +114,7 @@ def _host(text: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    kind, default = _from_setting(SimSettings, "sim", "port")
-    parser.add_argument(
-        "--port",
-        type=kind,
-        default=None,
-        metavar="P",
-        help=f"TCP port; 0 = any free one ({default})",
-    )
+    _add_setting_flag(parser, "--port", "P", "TCP port; 0 = any free one")
     parser.add_argument(
         "--host",
         type=_host,
@@ -115,45 +122,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help=f"loopback address to listen on (default: {DEFAULT_HOST})",
     )
-    kind, default = _from_setting(SimSettings, "sim", "refill_rate")
-    parser.add_argument(
+    _add_setting_flag(
+        parser,
         "--refill-rate",
-        type=kind,
-        default=None,
-        metavar="R",
-        help=f"tokens added per refill step for every account; the cap is 60 x R ({default})",
+        "R",
+        "tokens added per refill step for every account; the cap is 60 x R",
     )
-    kind, default = _from_setting(KeepaSettings, "keepa", "refill_period_s")
-    parser.add_argument(
+    _add_setting_flag(
+        parser,
         "--refill-period",
-        type=kind,
-        default=None,
-        metavar="S",
-        help=f"seconds between refill steps; 60 on Keepa, shorter for tests ({default})",
+        "S",
+        "seconds between refill steps; 60 on Keepa, shorter for tests",
     )
-    kind, default = _from_setting(SimSettings, "sim", "tokens")
-    parser.add_argument(
-        "--tokens",
-        type=kind,
-        default=None,
-        metavar="T",
-        help=f"starting balance of every new account; -1 = full, 60 x R ({default})",
+    _add_setting_flag(
+        parser, "--tokens", "T", "starting balance of every new account; -1 = full, 60 x R"
     )
-    kind, default = _from_setting(SimSettings, "sim", "seed")
-    parser.add_argument(
-        "--seed",
-        type=kind,
-        default=None,
-        metavar="N",
-        help=f"catalog and deal-feed seed: the same seed, the same data ({default})",
+    _add_setting_flag(
+        parser, "--seed", "N", "catalog and deal-feed seed: the same seed, the same data"
     )
-    kind, default = _from_setting(SimSettings, "sim", "latency_scale")
-    parser.add_argument(
+    _add_setting_flag(
+        parser,
         "--latency-scale",
-        type=kind,
-        default=None,
-        metavar="X",
-        help=f"multiplies Keepa-like latency (offer requests 2-20 s, ~5 s); 0 = none ({default})",
+        "X",
+        "multiplies Keepa-like latency (offer requests 2-20 s, ~5 s); 0 = none",
     )
     parser.add_argument(
         "--offer-fail-rate",
@@ -187,17 +178,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    flags = {
-        "sim.port": args.port,
-        "sim.refill_rate": args.refill_rate,
-        "sim.tokens": args.tokens,
-        "sim.seed": args.seed,
-        "sim.latency_scale": args.latency_scale,
-        "keepa.refill_period_s": args.refill_period,
+    overrides = {
+        setting: getattr(args, flag.lstrip("-").replace("-", "_"))  # argparse's dest
+        for flag, setting in SETTING_FLAGS.items()
     }
-    settings = load_settings(
-        args.config, overrides={k: v for k, v in flags.items() if v is not None}
-    )
+    settings = load_settings(args.config, overrides=overrides)
     s = settings.sim
     period = settings.keepa.refill_period_s
     server = SimServer(
@@ -232,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         server.url,
         s.refill_rate,
         period,
-        60 * s.refill_rate,
+        CAP_STEPS * s.refill_rate,
         start,
         s.seed,
         s.latency_scale,

@@ -21,6 +21,7 @@ the past: every deal is then at least that old.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -151,8 +152,7 @@ class _Candidate:
         return self.current[ptype] - self.avg[ptype]
 
     def delta_percent(self, ptype: int) -> int:
-        avg = self.avg[ptype]
-        return round((self.current[ptype] - avg) * 100 / avg) if avg > 0 else 0
+        return _percent(self.delta(ptype), self.avg[ptype])
 
 
 class DealFeed:
@@ -215,19 +215,11 @@ class DealFeed:
         start = q.page * DEAL_PAGE_SIZE
         end = start + DEAL_PAGE_SIZE
         candidates = self._candidates(q, t)
-        chosen: list[_Candidate]
         if q.sort_type == 1:
             # Newest first is the order of _active: stop as soon as the page is full.
-            chosen = []
-            for c in candidates:
-                chosen.append(c)
-                if len(chosen) >= end:
-                    break
-            chosen = chosen[start:end]
+            chosen = list(itertools.islice(candidates, start, end))
         else:
-            everything = list(candidates)
-            everything.sort(key=lambda c: _sort_key(c, q))
-            chosen = everything[start:end]
+            chosen = sorted(candidates, key=lambda c: _sort_key(c, q))[start:end]
         deals = [self._deal(c) for c in chosen]
         cats: dict[int, int] = {}
         for c in chosen:
@@ -263,8 +255,13 @@ def _deltas(current: list[int], avg: list[int]) -> list[int]:
     return [c - a if c >= 0 and a >= 0 else 0 for c, a in zip(current, avg, strict=True)]
 
 
+def _percent(delta: int, avg: int) -> int:
+    """``delta`` in percent of ``avg``; 0 where there is no average."""
+    return round(delta * 100 / avg) if avg > 0 else 0
+
+
 def _percents(delta: list[int], avg: list[int]) -> list[int]:
-    return [round(d * 100 / a) if a > 0 and d else 0 for d, a in zip(delta, avg, strict=True)]
+    return [_percent(d, a) for d, a in zip(delta, avg, strict=True)]
 
 
 def _passes(c: _Candidate, q: DealQuery) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,14 @@ FAST_ENV = {
     "FLEET_KEEPA_READ_TIMEOUT_S": "10",
     "FLEET_BROKER_LEASE_TTL_S": "15",
 }
+
+# ASINs ever queued that are now neither a deal, a rejection nor a candidate.
+UNACCOUNTED_SQL = (
+    "select count(*) from seen s where not exists (select 1 from deals d where "
+    "d.domain = s.domain and d.asin = s.asin) and not exists (select 1 from rejections "
+    "r where r.domain = s.domain and r.asin = s.asin) and not exists (select 1 from "
+    "candidates c where c.domain = s.domain and c.asin = s.asin)"
+)
 
 
 class Fleet:
@@ -194,11 +203,21 @@ class Fleet:
         rows = self.query(f"select count(*) from {table}")
         return int(rows[0][0]) if rows else 0
 
-    def worker_entry(self, worker_id: str) -> dict[str, Any] | None:
-        for w in (self.status() or {}).get("workers", []):
-            if w["id"] == worker_id and w["state"] not in ("gone",):
-                return dict(w)
-        return None
+    def spend_counters(self) -> tuple[int, int, int]:
+        """The simulator's (tokens consumed, /product calls, /deal calls)."""
+        s = self.sim_state()
+        return s["tokens_consumed"], s["product_calls"], s["deal_calls"]
+
+    def frozen(self, window_s: float, interval: float = 0.05) -> tuple[int, int, int] | None:
+        """``spend_counters()`` if they stand still for ``window_s`` (an observation window,
+        not a stand-in wait), else None as soon as one moves."""
+        first = self.spend_counters()
+        end = time.monotonic() + window_s
+        while time.monotonic() < end:
+            if self.spend_counters() != first:
+                return None
+            time.sleep(interval)
+        return first
 
     # --- invariants ---------------------------------------------------------------------
 
@@ -216,12 +235,7 @@ class Fleet:
     def unaccounted_candidates(self) -> int:
         """ASINs ever queued that are now neither a deal, a rejection nor a candidate (0 when
         the database does not exist yet)."""
-        rows = self.query(
-            "select count(*) from seen s where not exists (select 1 from deals d where "
-            "d.domain = s.domain and d.asin = s.asin) and not exists (select 1 from rejections "
-            "r where r.domain = s.domain and r.asin = s.asin) and not exists (select 1 from "
-            "candidates c where c.domain = s.domain and c.asin = s.asin)"
-        )
+        rows = self.query(UNACCOUNTED_SQL)
         return int(rows[0][0]) if rows else 0
 
     def done(self) -> int:

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 
+from common.cli import add_broker_argument
 from common.config import load_settings
 from common.curve import require_curve_for
 from common.errors import ConfigError, StorageError
@@ -34,13 +35,7 @@ finishes, claims are given back, settles are flushed, BYE, exit 0.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument(
-        "--broker",
-        default=None,
-        metavar="ADDR",
-        help="the broker's ZeroMQ address (default: $FLEET_BROKER, else the broker.address "
-        "setting, tcp://127.0.0.1:5555)",
-    )
+    add_broker_argument(parser)
     parser.add_argument(
         "--role",
         default=None,
@@ -77,9 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from workers.stages import build_stages
 
     flags = {"broker.address": args.broker, "worker.role": args.role, "worker.db": args.db}
-    settings = load_settings(
-        args.config, overrides={k: v for k, v in flags.items() if v is not None}
-    )
+    settings = load_settings(args.config, overrides=flags)  # (an unset flag is None)
     worker_id = worker_name(args.id)
     require_curve_for(settings.broker.address, settings.broker.curve_dir)
     role = settings.worker.role

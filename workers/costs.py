@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from collections import deque
 
+from common.keepa import MAX_ASINS_PER_CALL
+
 DEAL_PAGE_COST = 5
 # A /product call without offers: 1 token per found product (refresh's light update).
 LIGHT_COST_PER_PRODUCT = 1.0
@@ -32,7 +34,6 @@ LIGHT_COST_PER_PRODUCT = 1.0
 OFFER_PAGE_COST = 6
 OFFERS_PER_PAGE = 10
 WINDOW_CALLS = 8
-MAX_ASINS_PER_CALL = 100
 
 
 def offers_bound_per_product(offers: int) -> float:

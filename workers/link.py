@@ -233,7 +233,7 @@ class BrokerLink:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._pending: dict[int, Waiter] = {}
-        self._session = 0
+        self._session = 0  # WELCOMEs so far: a grant of an earlier one is from a gone broker
         self._outbox: queue.SimpleQueue[_Outgoing | _Close] = queue.SimpleQueue()
         self._closed = threading.Event()
         # The link thread's own.
@@ -267,13 +267,6 @@ class BrokerLink:
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
-
-    @property
-    def session(self) -> int:
-        """How many WELCOMEs so far: a grant from an earlier session came from a broker
-        (or a registration) that has since gone."""
-        with self._lock:
-            return self._session
 
     @property
     def max_cost(self) -> int:
@@ -574,17 +567,18 @@ class BrokerLink:
                 ", ".join(str(getattr(i.message, "permit", "?")) for i in self._settle_backlog),
             )
             self._settle_backlog.clear()
-        self._close_socket(FLUSH_LINGER_MS)
+        self._set_closed("the broker link is closed", FLUSH_LINGER_MS)
+
+    def _set_closed(self, reason: str, linger_ms: int = 0) -> None:
+        # any -> CLOSED: the socket closed (``linger_ms`` for what is queued), waits ended
+        self._close_socket(linger_ms)
         self.state = CLOSED
         self._closed.set()
-        self._not_ready("the broker link is closed")
+        self._not_ready(reason)
 
     def _finish(self) -> None:
         if self.state != CLOSED:
-            self._close_socket()
-            self.state = CLOSED
-            self._closed.set()
-            self._not_ready("the broker link is closed")
+            self._set_closed("the broker link is closed")
         with contextlib.suppress(KeyError, ValueError):
             self._poller.unregister(self._wake_r.fileno())
         self._wake_r.close()
@@ -661,12 +655,8 @@ class BrokerLink:
             return
         # READY -> CLOSED, then the process exits
         log.critical("KILL from the broker (%s): exiting now", msg.reason[:200])
-        if self.state == READY:
-            self._send(protocol.Bye(reason=f"killed: {msg.reason}"[:200]))
-        self._close_socket(KILL_LINGER_MS)
-        self.state = CLOSED
-        self._closed.set()
-        self._not_ready(f"killed by the broker: {msg.reason}")
+        self._send(protocol.Bye(reason=f"killed: {msg.reason}"[:200]))
+        self._set_closed(f"killed by the broker: {msg.reason}", KILL_LINGER_MS)
         with contextlib.suppress(zmq.ZMQError):
             self._ctx.term()  # lets the BYE leave (at most KILL_LINGER_MS)
         self._flush_logs()

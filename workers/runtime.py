@@ -64,7 +64,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from common.errors import BrokerUnavailable, ConfigError, PermitRejected, PermitTimeout
 from workers.link import BrokerLink
@@ -72,6 +72,7 @@ from workers.permit_client import STOP_CHECK_S, BrokerPermitClient
 
 if TYPE_CHECKING:
     from common.config import Settings
+    from workers.stages import Stage
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +105,6 @@ def parse_fault(value: str | None) -> int | None:
     if kind == "hang_after" and count.isdigit():
         return int(count)
     raise ConfigError(FAULT_ENV, f"{value!r} is not hang_after:N (a test-only fault)")
-
-
-class Stage(Protocol):
-    """What the runtime drives (``workers.stages`` implements it)."""
-
-    name: str
-
-    def urgency(self, now: float) -> float: ...
-
-    def run_once(self, now: float) -> int: ...
-
-    def give_back(self) -> None: ...
 
 
 class WorkerRuntime:

@@ -131,6 +131,7 @@ def test_a_retried_request_gets_the_same_answer_and_is_never_granted_twice() -> 
     assert book.ledger.in_flight() == 10
     assert book.stats(1)["granted"] == 1
     assert book.permits_held("w") == 1
+    assert book.held_by_worker() == {"w": 1}
     # The same seq with another cost is not a retry.
     reused = book.submit("w", 7, 11, 0, 60, 1)
     assert reused is not None and reused.kind == "reject" and reused.reason == "seq_reused"

@@ -4,6 +4,7 @@ reused pid, pid 1 or itself, and sends KILL to workers on other hosts."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -37,8 +38,21 @@ def child() -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(timeout=10)
 
 
+@dataclasses.dataclass
+class Target:
+    """A ``KillTarget`` (the broker passes its ``WorkerRecord``)."""
+
+    worker_id: str
+    key: str
+    identity: bytes
+    host: str
+    pid: int
+    start_time: int
+    same_host: bool
+
+
 def target(pid: int, start: int, same_host: bool = True) -> KillTarget:
-    return KillTarget("w1", f"w1@h:{pid}:{start}", b"ident", "h", pid, start, same_host)
+    return Target("w1", f"w1@h:{pid}:{start}", b"ident", "h", pid, start, same_host)
 
 
 class Recorder:
@@ -53,6 +67,12 @@ class Recorder:
         self.kill_messages.append((t.identity, reason))
 
 
+def start_of(proc: subprocess.Popen[bytes]) -> int:
+    start = procinfo.process_start_time(proc.pid)
+    assert start is not None
+    return start
+
+
 def make(rec: Recorder, grace_s: float = 2.0) -> Killer:
     return Killer(grace_s=grace_s, send_kill=rec.send_kill, signal_fn=rec.signal)
 
@@ -60,8 +80,7 @@ def make(rec: Recorder, grace_s: float = 2.0) -> Killer:
 def test_sigterm_sigcont_then_sigkill_after_the_grace(child: subprocess.Popen[bytes]) -> None:
     rec = Recorder()
     killer = make(rec)
-    start = procinfo.process_start_time(child.pid)
-    assert start is not None
+    start = start_of(child)
     record = killer.kill(target(child.pid, start), states.KILL_SILENT, now=10.0)
     assert record.action == SIGTERM_SENT
     assert rec.signals == [(child.pid, signal.SIGTERM), (child.pid, signal.SIGCONT)]
@@ -77,8 +96,7 @@ def test_sigterm_sigcont_then_sigkill_after_the_grace(child: subprocess.Popen[by
 def test_a_process_that_exits_is_not_sigkilled(child: subprocess.Popen[bytes]) -> None:
     rec = Recorder()
     killer = make(rec)
-    start = procinfo.process_start_time(child.pid)
-    assert start is not None
+    start = start_of(child)
     record = killer.kill(target(child.pid, start), states.KILL_STALLED, now=0.0)
     child.kill()
     child.wait(timeout=10)
@@ -90,8 +108,7 @@ def test_a_process_that_exits_is_not_sigkilled(child: subprocess.Popen[bytes]) -
 def test_a_reused_pid_is_never_signalled(child: subprocess.Popen[bytes]) -> None:
     rec = Recorder()
     killer = make(rec)
-    start = procinfo.process_start_time(child.pid)
-    assert start is not None
+    start = start_of(child)
     record = killer.kill(target(child.pid, start + 1), states.KILL_SILENT, now=0.0)
     assert record.action == SKIPPED_PID_MISMATCH
     assert record.done_at == 0.0
@@ -134,9 +151,7 @@ def test_the_history_is_bounded() -> None:
     rec = Recorder()
     killer = make(rec)
     for i in range(1000):
-        killer.kill(
-            KillTarget(f"w{i}", f"k{i}", b"x", "h", 5, 1, False), states.KILL_SILENT, float(i)
-        )
+        killer.kill(Target(f"w{i}", f"k{i}", b"x", "h", 5, 1, False), states.KILL_SILENT, float(i))
         killer.tick(float(i) + 5)
     assert len(killer.history) <= 200
     assert killer.by_reason[states.KILL_SILENT] == 1000

@@ -317,6 +317,9 @@ def test_poll_timeout_is_the_nearest_timer(fake_keepa: FakeKeepa) -> None:
         assert broker.send_failures >= 1
         assert 0 < broker.poll_timeout_s(clock[0]) <= 0.2 + 1e-6
         assert "permits granted 0" in broker.summary_line(clock[0])
+        figures = broker.status(clock[0], per_worker=False)  # what metrics and summary read
+        assert figures["workers"] == [] and figures["kills"] == []
+        assert figures["workers_by_state"] == broker.status(clock[0])["workers_by_state"]
     finally:
         broker.shutdown()
 

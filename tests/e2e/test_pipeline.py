@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
-from fleet import Fleet
+from fleet import UNACCOUNTED_SQL, Fleet
 from support import Processes, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -49,12 +48,7 @@ def test_three_workers_find_and_commit_deals(tmp_path: Path, processes: Processe
     # Every candidate is a deal, a rejection or still queued: none lost.
     queued = fleet.count("candidates")
     assert queued >= 0
-    unaccounted = fleet.query(
-        "select count(*) from seen s where not exists (select 1 from deals d where "
-        "d.domain = s.domain and d.asin = s.asin) and not exists (select 1 from rejections r "
-        "where r.domain = s.domain and r.asin = s.asin) and not exists (select 1 from "
-        "candidates c where c.domain = s.domain and c.asin = s.asin)"
-    )
+    unaccounted = fleet.query(UNACCOUNTED_SQL)
     assert unaccounted == [(0,)], unaccounted
 
 
@@ -119,30 +113,18 @@ def test_no_spending_without_a_broker(tmp_path: Path, processes: Processes) -> N
 
     # Each worker notices within liveness x heartbeat (5 x 0.2 s); a call granted before the
     # broker died may still finish. After that, the simulator's counters must stand still.
-    def counters() -> tuple[int, int, int]:
-        s = fleet.sim_state()
-        return s["tokens_consumed"], s["product_calls"], s["deal_calls"]
-
-    def settled() -> bool:
-        first = counters()
-        deadline = time.monotonic() + 3.0  # an observation window, not a stand-in wait
-        while time.monotonic() < deadline:
-            if counters() != first:
-                return False
-            time.sleep(0.1)
-        return True
-
-    wait_until(settled, 40, interval=0.1, message="in-flight calls finished")
-    frozen = counters()
-    window_end = time.monotonic() + 4.0
-    while time.monotonic() < window_end:
-        assert counters() == frozen, "a worker spent tokens with no broker"
-        time.sleep(0.1)
+    frozen = wait_until(
+        lambda: fleet.frozen(3.0, interval=0.1),
+        40,
+        interval=0.1,
+        message="in-flight calls finished",
+    )
+    assert fleet.frozen(4.0, interval=0.1) == frozen, "a worker spent tokens with no broker"
 
     # The broker comes back: the workers carry on by themselves.
     fleet.start_broker("broker2")
     wait_until(
-        lambda: counters()[0] > frozen[0],
+        lambda: fleet.spend_counters()[0] > frozen[0],
         60,
         interval=0.2,
         message="spending resumes after the broker returns",

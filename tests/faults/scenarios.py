@@ -32,8 +32,8 @@ import random
 import re
 import signal
 import sqlite3
+import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,28 @@ def kills_of(fleet: Fleet, worker_id: str, pid: int) -> list[dict[str, Any]]:
     return [k for k in state(fleet)["kills"] if k["worker"] == worker_id and k["pid"] == pid]
 
 
+def killed_and_gone(
+    fleet: Fleet,
+    worker_id: str,
+    proc: subprocess.Popen[bytes],
+    t0: float,
+    reason: str,
+    bound_s: float,
+) -> tuple[float, float]:
+    """Wait until the broker has killed ``proc`` for ``reason`` and the process has exited;
+    the seconds from ``t0`` to each."""
+    kill = wait_until(
+        lambda: kills_of(fleet, worker_id, proc.pid),
+        bound_s,
+        interval=0.05,
+        message=f"the broker killing {worker_id} as {reason}",
+    )[0]
+    killed_s = time.monotonic() - t0
+    assert kill["reason"] == reason, kill
+    wait_until(lambda: proc.poll() is not None, bound_s, message=f"{worker_id} gone")
+    return killed_s, time.monotonic() - t0
+
+
 def quiet_snapshot(fleet: Fleet, bound_s: float = QUIET_BOUND_S) -> tuple[dict, dict]:
     """(simulator state, broker status) at a moment when nothing is in flight, no cost is
     assumed, and the simulator's balance stood still across the status read: no spend and
@@ -198,23 +220,6 @@ def check(fleet: Fleet) -> Figures:
     """Every invariant (module docstring); returns the reconciliation figures."""
     fleet.check_invariants(max_deficit=0)
     return reconcile(fleet)
-
-
-def frozen(fleet: Fleet, window_s: float = FREEZE_WINDOW_S) -> tuple[int, int, int] | None:
-    """The simulator's (consumed, product calls, deal calls) if they stand still for
-    ``window_s`` (an observation window, not a stand-in wait), else None."""
-
-    def counters() -> tuple[int, int, int]:
-        s = fleet.sim_state()
-        return s["tokens_consumed"], s["product_calls"], s["deal_calls"]
-
-    first = counters()
-    end = time.monotonic() + window_s
-    while time.monotonic() < end:
-        if counters() != first:
-            return None
-        time.sleep(0.05)
-    return first
 
 
 def faults_taken(fleet: Fleet, bound_s: float = FAULTS_TAKEN_BOUND_S) -> float:
@@ -316,16 +321,7 @@ def sigstop(fleet: Fleet, worker_id: str) -> Figures:
     proc = fleet.workers[worker_id]
     t0 = time.monotonic()
     os.kill(proc.pid, signal.SIGSTOP)
-    kill = wait_until(
-        lambda: kills_of(fleet, worker_id, proc.pid),
-        KILL_BOUND_S,
-        interval=0.05,
-        message=f"the broker killing the stopped {worker_id}",
-    )[0]
-    killed_s = time.monotonic() - t0
-    assert kill["reason"] == "silent", kill
-    wait_until(lambda: proc.poll() is not None, KILL_BOUND_S, message=f"{worker_id} gone")
-    gone_s = time.monotonic() - t0
+    killed_s, gone_s = killed_and_gone(fleet, worker_id, proc, t0, "silent", KILL_BOUND_S)
     back_s = replace(fleet, worker_id, t0)
     figures = check(fleet)
     return {
@@ -359,16 +355,7 @@ def stalled(fleet: Fleet, worker_id: str, *, hang_after: int = 1) -> Figures:
         message=f"{worker_id}'s work loop hanging",
     )
     t0 = time.monotonic()
-    kill = wait_until(
-        lambda: kills_of(fleet, worker_id, proc.pid),
-        STALL_BOUND_S,
-        interval=0.05,
-        message=f"the broker killing the stalled {worker_id}",
-    )[0]
-    killed_s = time.monotonic() - t0
-    assert kill["reason"] == "stalled", kill
-    wait_until(lambda: proc.poll() is not None, STALL_BOUND_S, message=f"{worker_id} gone")
-    gone_s = time.monotonic() - t0
+    killed_s, gone_s = killed_and_gone(fleet, worker_id, proc, t0, "stalled", STALL_BOUND_S)
     kill = wait_until(
         lambda: [k for k in kills_of(fleet, worker_id, proc.pid) if k["outcome"]],
         STALL_BOUND_S,
@@ -398,10 +385,8 @@ def _writes(fleet: Fleet) -> tuple[Any, ...]:
 
 def _batch_failures(fleet: Fleet) -> int:
     """Batches the workers' logs say failed (an exception at the work loop's boundary)."""
-    return sum(
-        fleet.processes.log(w).count("the batch failed") + fleet.processes.log(w).count("locked")
-        for w in fleet.workers
-    )
+    logs = [fleet.processes.log(w) for w in fleet.workers]
+    return sum(log.count("the batch failed") + log.count("locked") for log in logs)
 
 
 def database_locked(fleet: Fleet, *, hold_s: float = 2.0) -> Figures:
@@ -490,9 +475,11 @@ def broker_restart(fleet: Fleet) -> Figures:
     t0 = time.monotonic()
     fleet.broker.send_signal(signal.SIGKILL)
     fleet.broker.wait(timeout=10)
-    base = wait_until(lambda: frozen(fleet), FREEZE_BOUND_S, message="spending stopped")
+    base = wait_until(
+        lambda: fleet.frozen(FREEZE_WINDOW_S), FREEZE_BOUND_S, message="spending stopped"
+    )
     frozen_s = time.monotonic() - t0 - FREEZE_WINDOW_S
-    assert frozen(fleet, window_s=0.5) == base, "a worker spent tokens with no broker"
+    assert fleet.frozen(0.5) == base, "a worker spent tokens with no broker"
     # The slow call ended with no broker: its worker keeps the settle for the next one.
     wait_until(lambda: _kept_settles(fleet) > kept0, FREEZE_BOUND_S, message="a kept settle")
     sim = fleet.sim_state()
@@ -657,16 +644,3 @@ def external_and_plan(fleet: Fleet) -> Figures:
         "plan_down_seen_s": round(plan_down_s, 2),
         **figures,
     }
-
-
-SCENARIOS: dict[str, Callable[..., Figures]] = {
-    "sigkill_permit_holder": sigkill_permit_holder,
-    "sigkill_several": sigkill_several,
-    "sigstop": sigstop,
-    "stalled": stalled,
-    "database_locked": database_locked,
-    "unwritable_database": unwritable_database,
-    "broker_restart": broker_restart,
-    "keepa_faults": keepa_faults,
-    "external_and_plan": external_and_plan,
-}

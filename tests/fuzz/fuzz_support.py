@@ -21,6 +21,10 @@ from hypothesis import strategies as st
 from common import protocol
 
 FUZZ_INPUTS = int(os.environ.get("FLEET_FUZZ_EXAMPLES", "10000"))
+# The documented codes of the ProtocolError that ``protocol.decode`` raises.
+DECODE_CODES = frozenset(
+    {"too_large", "bad_msgpack", "bad_envelope", "bad_version", "unknown_type", "bad_fields"}
+)
 MAX_ROUNDS = 1000  # bound on the calls of a @given function while counting up to FUZZ_INPUTS
 
 FUZZ_SETTINGS = settings(

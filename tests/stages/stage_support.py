@@ -17,7 +17,9 @@ class FakePermits:
     """Stands in for workers.permit_client.PermitClient: checks the cost, runs fn, records.
 
     ``grantable`` > 0 makes requests above it fail with PermitRejected("too_large"), as the
-    broker does; ``known_max_cost`` is what ``max_cost()`` says (0 = unknown).
+    broker does; ``known_max_cost`` is what ``max_cost()`` says (0 = unknown) and, as with the
+    real client (its link keeps the ``max_cost`` of a REJECT), becomes ``grantable`` once a
+    request was rejected.
     """
 
     def __init__(self, *, grantable: int = 0, known_max_cost: int = 0) -> None:
@@ -47,6 +49,7 @@ class FakePermits:
         self.priorities.append(priority)
         if self.grantable and cost > self.grantable:
             self.rejected.append(cost)
+            self.known_max_cost = self.grantable
             raise PermitRejected("too_large", self.grantable)
         try:
             resp = fn()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from stages.stage_support import product as stage_product
 
 from common.config import FilterSettings
 from workers.costs import DEAL_PAGE_COST, ProductCostModel, offers_bound_per_product
@@ -15,19 +16,10 @@ SETTINGS = FilterSettings(
 )
 
 
-def product(
-    current: int = 1000, avg90: int = 2000, rank: int = 5000, offers: int = 4, **extra: Any
-) -> dict[str, Any]:
-    cur = [-1] * 19
-    cur[1], cur[3], cur[11] = current, rank, offers
-    avg = [-1] * 19
-    avg[1] = avg90
-    return {
-        "asin": "b000000001",
-        "title": "A thing",
-        "stats": {"current": cur, "avg90": avg},
-        **extra,
-    }
+def product(**figures: int) -> dict[str, Any]:
+    """A product with stats (current 1000, avg90 2000, rank 5000, 4 offers unless given);
+    its ASIN in lower case, as ``facts`` must upper-case it."""
+    return stage_product("b000000001", **figures)
 
 
 def test_facts_read_the_new_price_type() -> None:

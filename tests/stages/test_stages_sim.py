@@ -59,7 +59,7 @@ def keepa(sim: Any) -> Iterator[RecordingKeepa]:
 def stages(
     role: str, keepa: KeepaClient, permits: FakePermits, storage: Storage, **sections: Any
 ) -> Any:
-    return build_stages(role, make_settings(**sections), keepa, permits, storage)  # type: ignore[arg-type]
+    return build_stages(role, make_settings(**sections), keepa, permits, storage)
 
 
 def calls(sim: Any) -> tuple[int, int]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,12 +31,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 from common.config import FilterSettings, Settings
 from common.errors import PermitRejected
 from common.keepa import KeepaClient, KeepaResponse
+from common.procinfo import this_host
 from common.storage import Rejection, Storage
 from workers.costs import LIGHT_COST_PER_PRODUCT, ProductCostModel, offers_bound_per_product
 from workers.filters import PRICE_NEW, Facts, check, facts
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from workers.permit_client import PermitClient
 
 log = logging.getLogger(__name__)
 
@@ -62,29 +64,9 @@ PRIORITY_PEEK = 0
 SHARED_COST_KEYS = {True: "cost_per_product", False: "cost_per_product_light"}
 
 
-class Permits(Protocol):
-    """What the stages use of ``workers.permit_client.PermitClient``."""
-
-    def call(
-        self,
-        cost: int,
-        fn: Callable[[], KeepaResponse],
-        *,
-        priority: int = 0,
-        deadline_s: float | None = None,
-    ) -> KeepaResponse: ...
-
-    def max_cost(self) -> int: ...
-
-    def advance(self, stage: str, items: int = 0) -> None: ...
-
-    def report(self, info: dict[str, Any]) -> None: ...
-
-    @property
-    def stopping(self) -> bool: ...
-
-
 class Stage(Protocol):
+    """What the runtime (``workers.runtime``) drives."""
+
     name: str
 
     def urgency(self, now: float) -> float:
@@ -114,23 +96,17 @@ class Pipeline:
 
     settings: Settings
     keepa: KeepaClient
-    permits: Permits
+    permits: PermitClient
     storage: Storage
     owner: str
     costs: ProductCostModel  # /product with offers (peek, commit)
     light_costs: ProductCostModel  # /product without offers (refresh)
     clock: Callable[[], float] = time.time
     feed: FeedState = field(default_factory=FeedState)
-    # The account's largest grantable cost learned from a "too_large" REJECT, for when the
-    # permit client does not know it (yet).
-    max_cost_hint: int = 0
 
     @property
     def domain(self) -> int:
         return self.settings.keepa.domain
-
-    def max_cost(self) -> int:
-        return self.permits.max_cost() or self.max_cost_hint
 
     def report(self, now: float, **extra: Any) -> None:
         pipeline = self.storage.totals(now)
@@ -161,6 +137,7 @@ class Pipeline:
 
         On ``PermitRejected("too_large")`` the batch shrinks to what ``max_cost`` pays for:
         the ASINs cut off go to ``on_shrink`` (to be given back) and the call is retried.
+        (The permit client keeps that ``max_cost``: the next batches are sized from it.)
         ``before_call`` runs once granted, right before the HTTP call (claim renewal).
         Returns the response and the ASINs it was made for; the cost model learns from it.
         """
@@ -168,7 +145,7 @@ class Pipeline:
         costs = self.costs if offers else self.light_costs
         shared_key = SHARED_COST_KEYS[offers]
         costs.consider(self.storage.get_state(shared_key))
-        cap = 0
+        cap = max_cost = 0
         for _ in range(MAX_TOO_LARGE_RETRIES):
             cost = costs.estimate(len(asins))
             if cap:
@@ -190,26 +167,26 @@ class Pipeline:
             except PermitRejected as exc:
                 if exc.reason != "too_large" or exc.max_cost <= 0:
                     raise
-                self.max_cost_hint = exc.max_cost
-                n = costs.fit(len(asins), exc.max_cost)
+                max_cost = exc.max_cost
+                n = costs.fit(len(asins), max_cost)
                 if n < len(asins):
                     log.info(
                         "%s: %d tokens is more than the account can grant (%d): %d ASINs a call",
                         stage,
                         cost,
-                        exc.max_cost,
+                        max_cost,
                         n,
                     )
                     on_shrink(asins[n:])
                     asins = asins[:n]
                 else:
                     # Even one product is estimated above the cap: ask for the cap.
-                    cap = exc.max_cost
+                    cap = max_cost
                 continue
             if costs.observe(resp.envelope.tokens_consumed, len(products_of(resp))):
                 self.storage.set_state(shared_key, costs.learned, self.clock())
             return resp, asins
-        raise PermitRejected("too_large", self.max_cost_hint)
+        raise PermitRejected("too_large", max_cost)
 
 
 def products_of(resp: KeepaResponse) -> dict[str, dict[str, Any]]:
@@ -285,14 +262,14 @@ def aging(now: float, last_run: float | None) -> float:
 
 
 def default_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{this_host()}:{os.getpid()}"
 
 
 def build_stages(
     role: str,
     settings: Settings,
     keepa: KeepaClient,
-    permits: Permits,
+    permits: PermitClient,
     storage: Storage,
     *,
     owner: str | None = None,

@@ -37,7 +37,6 @@ class IngestStage:
         self.ctx = ctx
         self._in_hand: list[str] = []
         self._last_run: float | None = None
-        self._committed = 0  # deals committed in the batch in hand
 
     # --- scheduling ---------------------------------------------------------------------
 
@@ -54,7 +53,7 @@ class IngestStage:
     def run_once(self, now: float) -> int:
         ctx, w = self.ctx, self.ctx.settings.worker
         self._last_run = now
-        size = ctx.costs.fit(w.ingest_batch, ctx.max_cost())
+        size = ctx.costs.fit(w.ingest_batch, ctx.permits.max_cost())
         claimed = ctx.storage.claim_candidates(
             ctx.domain, ctx.owner, size, now=now, ttl_s=w.claim_ttl_s
         )
@@ -90,26 +89,28 @@ class IngestStage:
         self._forget([r.asin for r in rejections])
         ctx.permits.advance(NAME, done)
         log.debug("peeked %d: %d rejected, %d to commit", len(batch), done, len(survivors))
-        self._committed = 0
 
+        committed = 0
         step = max(1, w.commit_batch)
         for start in range(0, len(survivors), step):
             if ctx.permits.stopping:
                 rest = survivors[start:]
                 log.info("stopping: giving back %d survivors not committed yet", len(rest))
-                ctx.storage.release_candidates(ctx.domain, ctx.owner, rest, count_attempt=False)
-                self._forget(rest)
+                self._give_back_unused(rest)
                 break
-            done += self._commit(survivors[start : start + step])
+            deals, rejected = self._commit(survivors[start : start + step])
+            committed += deals
+            done += deals + rejected
         log.info(
             "ingest: %d candidates peeked, %d deals committed, %d rejected",
             len(batch),
-            self._committed,
-            done - self._committed,
+            committed,
+            done - committed,
         )
         return done
 
-    def _commit(self, chunk: list[str]) -> int:
+    def _commit(self, chunk: list[str]) -> tuple[int, int]:
+        """One sub-batch of survivors with full data: (deals committed, rejected)."""
         ctx, f = self.ctx, self.ctx.settings.filters
         resp, chunk = ctx.product_call(
             NAME,
@@ -123,12 +124,11 @@ class IngestStage:
         passed, rejections = judge(chunk, resp, f)
         deals = [deal_row(p.product, p.facts, f.fee_percent, with_history=True) for p in passed]
         now = ctx.clock()
-        n = ctx.storage.commit_deals(ctx.domain, deals, now)
-        n += ctx.storage.reject_candidates(ctx.domain, rejections, now)
+        committed = ctx.storage.commit_deals(ctx.domain, deals, now)
+        rejected = ctx.storage.reject_candidates(ctx.domain, rejections, now)
         self._forget(chunk)
-        ctx.permits.advance(NAME, n)
-        self._committed += len(deals)
-        return n
+        ctx.permits.advance(NAME, committed + rejected)
+        return committed, rejected
 
     # --- claims -------------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ class RefreshStage:
     def run_once(self, now: float) -> int:
         ctx, w = self.ctx, self.ctx.settings.worker
         self._last_run = now
-        size = ctx.light_costs.fit(w.refresh_batch, ctx.max_cost())
+        size = ctx.light_costs.fit(w.refresh_batch, ctx.permits.max_cost())
         claimed = ctx.storage.claim_stale_deals(
             ctx.domain,
             ctx.owner,
