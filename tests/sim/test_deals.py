@@ -9,6 +9,7 @@ import pytest
 from support import wait_until
 
 from sim.api import KeepaSim
+from sim.catalog import N_TYPES
 from sim.deals import parse_selection
 
 KEY = "test-key-0001"
@@ -36,9 +37,9 @@ def test_deal_page_newest_first(sim):
     now = sim.now_minute()
     for d in deals:
         assert {"asin", "title", "rootCat", "current", "delta", "deltaPercent", "avg"} <= set(d)
-        assert len(d["current"]) == 19
+        assert len(d["current"]) == N_TYPES
         for field in ("delta", "deltaPercent", "avg"):
-            assert len(d[field]) == 4 and all(len(row) == 19 for row in d[field]), field
+            assert len(d[field]) == 4 and all(len(row) == N_TYPES for row in d[field]), field
         assert d["delta"][1][1] < 0  # a drop of the NEW price against the week's average
         assert d["creationDate"] <= d["lastUpdate"] <= now + 1
         assert now - d["lastUpdate"] <= 12 * 60  # updated in the last 12 hours
