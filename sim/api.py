@@ -375,7 +375,7 @@ class KeepaSim:
         deals = self.feed.page(q, now)
         return Outcome(
             200,
-            {"deals": deals},
+            {"deals": deals, "dealsCached": False},  # top-level on Keepa (recorded)
             account,
             consumed=DEAL_COST,
             latency_s=DEAL_LATENCY_S * self.latency_scale,
