@@ -23,6 +23,7 @@ import math
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,7 @@ DEAL_LATENCY_S = 0.3
 ASIN_RE = re.compile(r"^[A-Z0-9]{10}$")
 ROUTES = {"/token": "token", "/product": "product", "/deal": "deal"}
 MAX_CATALOG_PAGE = 100_000
+DEAL_SELECTIONS_KEPT = 50
 
 
 @dataclass
@@ -155,6 +157,8 @@ class KeepaSim:
         self.max_offer_asins = 0
         self.offer_requests = 0
         self._offer_lock = threading.Lock()
+        # The last selections /deal executed, as sent (for tests: /_sim/state deal_selections).
+        self.deal_selections: deque[Any] = deque(maxlen=DEAL_SELECTIONS_KEPT)
         self.latency_scale = latency_scale
         self.offer_fail_rate = offer_fail_rate
         self.clock = clock
@@ -372,6 +376,8 @@ class KeepaSim:
             raise rejected("selection is not valid JSON") from None
         q = parse_selection(selection)
         self._charge(account, now, DEAL_COST)
+        with self._offer_lock:
+            self.deal_selections.append(selection)
         deals = self.feed.page(q, now)
         return Outcome(
             200,
@@ -431,6 +437,8 @@ class KeepaSim:
         state["max_offer_asins"] = self.max_offer_asins
         state["offer_requests"] = self.offer_requests
         state["strict_offer_cap"] = self.strict_offer_cap
+        with self._offer_lock:
+            state["deal_selections"] = list(self.deal_selections)
         state["catalog_size"] = self.catalog.size
         return state
 
