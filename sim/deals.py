@@ -17,7 +17,9 @@ filters ``currentRange``, ``deltaRange``, ``deltaPercentRange`` (on the size of 
 ``delta`` and ``deltaPercent`` have Keepa's sign, ``avg - current``: positive = the price
 dropped; sort 2 and 4 put the highest (the biggest drop) first; sort 1 is not invertible (-1 is
 405). Range options apply only with ``isRangeEnabled``, ``hasReviews`` and the Amazon-offer
-filters only with ``isFilterEnabled`` (silently ignored otherwise); paging reaches 10,000 deals. ``stale_s`` (admin ``/_sim/feed``) freezes the feed that many seconds in
+filters only with ``isFilterEnabled`` (silently ignored otherwise); paging reaches 10,000 deals.
+
+``stale_s`` (admin ``/_sim/feed``) freezes the feed that many seconds in
 the past: every deal is then at least that old.
 """
 
