@@ -39,6 +39,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("broker.status_cli", "show the broker's live state"),
     "run": ("common.run", "run the whole fleet under supervisord in the foreground"),
     "keys": ("broker.keys", "create CURVE key pairs for a broker on a non-loopback address"),
+    "check": ("common.check", "check a Keepa key with /token (free): plan, clock, costs"),
 }
 
 log = logging.getLogger("keepa_fleet")

@@ -60,6 +60,13 @@ class KeepaSettings:
     read_timeout_s: float = _field(
         60.0, "HTTP read timeout, seconds (offer calls take up to 20 s)", lo=0.05, hi=600
     )
+    max_asins_with_offers: int = _field(
+        20,
+        "ASINs per /product call with offers: Keepa's official clients document 20 (Keepa "
+        "accepted 50 in 2025; raise it at your own risk)",
+        lo=1,
+        hi=100,
+    )
     refill_period_s: float = _field(
         60.0,
         "Keepa's refill step, seconds (60 on Keepa)",

@@ -103,6 +103,23 @@ class KeepaServerError(KeepaError):
     status = 500
 
 
+class KeepaNotFound(KeepaError):
+    """HTTP 404 NOT_FOUND: no such endpoint (a wrong base URL or path)."""
+
+    status = 404
+
+
+class KeepaUnavailable(KeepaServerError):
+    """HTTP 503: Keepa's backend is down; retry later (handled like a 500)."""
+
+    status = 503
+
+
+class KeepaParameterError(KeepaError):
+    """HTTP 200 carrying an ``error`` object: a parameter Keepa refused without failing the
+    request (e.g. ``offers=10``), 0 tokens. An error, never "no products"."""
+
+
 class KeepaTimeout(KeepaError):
     """No answer within the read timeout; Keepa may or may not have executed the request."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -26,10 +27,13 @@ from common.errors import (
     KeepaError,
     KeepaMethodNotAllowed,
     KeepaNotEnoughTokens,
+    KeepaNotFound,
+    KeepaParameterError,
     KeepaPaymentRequired,
     KeepaRequestRejected,
     KeepaServerError,
     KeepaTimeout,
+    KeepaUnavailable,
 )
 
 if TYPE_CHECKING:
@@ -45,8 +49,10 @@ USER_AGENT = "keepa-fleet/0.1"
 _ERRORS_BY_STATUS: dict[int, type[KeepaError]] = {
     400: KeepaRequestRejected,
     402: KeepaPaymentRequired,
+    404: KeepaNotFound,
     405: KeepaMethodNotAllowed,
     429: KeepaNotEnoughTokens,
+    503: KeepaUnavailable,
 }
 
 # Keepa's names -> ours.
@@ -98,12 +104,14 @@ class TokenEnvelope:
             raw = data[wire]
             if isinstance(raw, bool) or not isinstance(raw, int | float):
                 raise ValueError(f"envelope field {wire} is not a number")
+            if not math.isfinite(raw):
+                raise ValueError(f"envelope field {wire} is not a finite number")
             if name == "token_flow_reduction":
                 values[name] = float(raw)
+            elif name == "tokens_consumed":
+                values[name] = math.ceil(raw)  # any JSON number; a cost rounds up (safe side)
             else:
-                if isinstance(raw, float) and not raw.is_integer():
-                    raise ValueError(f"envelope field {wire} is not an integer")
-                values[name] = int(raw)
+                values[name] = math.floor(raw)  # a balance (or time) rounds down
         return cls(**values)
 
     def to_wire(self) -> dict[str, Any]:
@@ -239,6 +247,14 @@ class KeepaClient:
         if not isinstance(body, dict) or envelope is None:
             raise KeepaBadResponse(
                 f"{path}: HTTP {status} with a body that is not Keepa JSON",
+                status=status,
+                envelope=envelope,
+            )
+        if body.get("error"):
+            # Keepa refuses some parameters with a 200 and an error object (offers=1..19):
+            # never read that as "no products".
+            raise KeepaParameterError(
+                f"{path}: HTTP {status} with an error: {str(body['error'])[:200]}",
                 status=status,
                 envelope=envelope,
             )

@@ -23,6 +23,7 @@ import math
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,11 @@ BUYBOX_COST = 2
 RATING_COST = 1
 MAX_ASINS_PER_CALL = 100
 OFFERS_MIN = 20
+# Keepa's official clients document at most 20 ASINs a call with offers; Keepa accepted 50 in
+# 2025. The simulator accepts what Keepa accepted unless strict_offer_cap is set.
+MAX_ASINS_WITH_OFFERS = 20
+OFFERS_TOO_FEW = "Either no or a minimum of 20 offers must be requested."
+NO_OFFERS_COST = 5  # a product whose offer refresh succeeded with no offer (Keepa's docs)
 OFFERS_MAX = 100
 STATS_MAX_DAYS = 3650
 DEFAULT_UPDATE_HOURS = 1  # Keepa refreshes a product whose copy is older than an hour
@@ -75,6 +81,7 @@ DEAL_LATENCY_S = 0.3
 ASIN_RE = re.compile(r"^[A-Z0-9]{10}$")
 ROUTES = {"/token": "token", "/product": "product", "/deal": "deal"}
 MAX_CATALOG_PAGE = 100_000
+DEAL_SELECTIONS_KEPT = 50
 
 
 @dataclass
@@ -134,6 +141,7 @@ class KeepaSim:
         deal_interval_s: float = DEFAULT_DEAL_INTERVAL_S,
         offer_fail_rate: float = 0.0,
         clock: Callable[[], float] = time.time,
+        strict_offer_cap: bool = False,
     ) -> None:
         if refill_rate < 1:
             raise ValueError("refill_rate must be >= 1")
@@ -144,6 +152,13 @@ class KeepaSim:
         if not 0.0 <= offer_fail_rate <= 1.0:
             raise ValueError("offer_fail_rate must be within 0..1")
         self.seed = seed
+        self.strict_offer_cap = strict_offer_cap
+        # The most ASINs one /product request with offers carried (the e2e tests assert <= 20).
+        self.max_offer_asins = 0
+        self.offer_requests = 0
+        self._offer_lock = threading.Lock()
+        # The last selections /deal executed, as sent (for tests: /_sim/state deal_selections).
+        self.deal_selections: deque[Any] = deque(maxlen=DEAL_SELECTIONS_KEPT)
         self.latency_scale = latency_scale
         self.offer_fail_rate = offer_fail_rate
         self.clock = clock
@@ -197,6 +212,8 @@ class KeepaSim:
             fault = self.faults.take(path)
             if fault is not None and fault.kind == "500":
                 raise ApiError(500, "injected internal server error")
+            if fault is not None and fault.kind == "503":
+                raise ApiError(503, "injected: the backend is down, retry later")
             outcome = self.handlers[route](account, query, body, now)
         except ApiError as exc:
             outcome = Outcome(exc.status, exc.body(), account)
@@ -251,8 +268,23 @@ class KeepaSim:
         offers = int_param(query, "offers")
         if offers == 0:
             raise rejected("offers=0 is not allowed")
+        if offers is not None and 1 <= offers < OFFERS_MIN:
+            # Recorded: HTTP 200 with an error object, no products, nothing charged.
+            body = {
+                "error": {"type": "invalidParameter", "message": OFFERS_TOO_FEW, "details": None}
+            }
+            return Outcome(200, body, account)
         if offers is not None:
             check_range("offers", offers, OFFERS_MIN, OFFERS_MAX)
+            n_distinct = len(set(asins))
+            with self._offer_lock:
+                self.offer_requests += 1
+                self.max_offer_asins = max(self.max_offer_asins, n_distinct)
+            if self.strict_offer_cap and n_distinct > MAX_ASINS_WITH_OFFERS:
+                raise rejected(
+                    f"{n_distinct} ASINs with offers: at most {MAX_ASINS_WITH_OFFERS} a call "
+                    "(Keepa's documented cap; --strict-offer-cap)"
+                )
         update = int_param(query, "update", lo=-1, hi=1_000_000)
         buybox = flag_param(query, "buybox")
         rating = flag_param(query, "rating")
@@ -275,7 +307,12 @@ class KeepaSim:
                     and unit(self.seed, 400, seq, p.index) < self.offer_fail_rate
                 )
                 pages = offer_pages(offers, n_new)
-                cost += OFFER_PAGE_COST * pages if ok else 1
+                if not ok:
+                    cost += 1
+                elif n_new == 0:
+                    cost += NO_OFFERS_COST
+                else:
+                    cost += OFFER_PAGE_COST * pages
                 returned = min(n_new, pages * OFFERS_PER_PAGE) if ok else 0
             else:
                 cost += 1 + (BUYBOX_COST if buybox else 0)
@@ -286,6 +323,11 @@ class KeepaSim:
         self._charge(account, now, cost)
 
         products = []
+        seen: set[str] = set()
+        for a in asins:  # Keepa answers an unknown ASIN with an INVALID product
+            if a not in found and a not in seen:
+                seen.add(a)
+                products.append(self.catalog.invalid_product(a, domain))
         for p, returned, ok in plan:
             if offers is not None:
                 self.catalog.refresh(p, now)  # offers are fetched live
@@ -334,10 +376,12 @@ class KeepaSim:
             raise rejected("selection is not valid JSON") from None
         q = parse_selection(selection)
         self._charge(account, now, DEAL_COST)
+        with self._offer_lock:
+            self.deal_selections.append(selection)
         deals = self.feed.page(q, now)
         return Outcome(
             200,
-            {"deals": deals},
+            {"deals": deals, "dealsCached": False},  # top-level on Keepa (recorded)
             account,
             consumed=DEAL_COST,
             latency_s=DEAL_LATENCY_S * self.latency_scale,
@@ -390,6 +434,11 @@ class KeepaSim:
         state["faults_pending"] = self.faults.pending()
         state["feed_stale_s"] = self.feed.stale_s
         state["seed"] = self.seed
+        state["max_offer_asins"] = self.max_offer_asins
+        state["offer_requests"] = self.offer_requests
+        state["strict_offer_cap"] = self.strict_offer_cap
+        with self._offer_lock:
+            state["deal_selections"] = list(self.deal_selections)
         state["catalog_size"] = self.catalog.size
         return state
 

@@ -66,7 +66,13 @@ COUNT_USED = 12
 RATING = 16
 COUNT_REVIEWS = 17
 BUY_BOX_SHIPPING = 18
-N_TYPES = 19
+PRODUCT_TYPE_STANDARD = 0
+PRODUCT_TYPE_INVALID = 4
+COUNT_NEW_FBA = 34
+COUNT_NEW_FBM = 35
+# One slot per Keepa price type: 36 since February 2026 (34 before). Types the simulator has no
+# history for are null in ``csv`` and -1 in the ``stats`` arrays, as on Keepa.
+N_TYPES = 36
 HISTORY_TYPES = (AMAZON, NEW, USED, SALES, LIST_PRICE, NEW_FBA, COUNT_NEW, COUNT_USED)
 
 AMAZON_SELLER_ID = "ATVPDKIKX0DER"
@@ -370,6 +376,8 @@ class Catalog:
                 out[AMAZON] = round(new * (1.0 + p.amazon_premium))
             if p.fba_premium >= 0:
                 out[NEW_FBA] = round(new * (1.0 + p.fba_premium))
+        out[COUNT_NEW_FBA] = (n_new + 1) // 2 if p.fba_premium >= 0 else 0
+        out[COUNT_NEW_FBM] = n_new - out[COUNT_NEW_FBA]
         if n_used >= 1:
             out[USED] = max(1, round(p.base * trend * p.used_ratio))
         if p.rank0 > 0:
@@ -437,10 +445,13 @@ class Catalog:
         number of offers to list (None: offers were not requested)."""
         current = self.values(p, data_time)
         with_buybox = buybox or offers_returned is not None
-        if not rating:
+        extra = offers_returned is not None
+        if not (rating or extra):
             current[RATING] = current[COUNT_REVIEWS] = -1
         if not with_buybox:
             current[BUY_BOX_SHIPPING] = -1
+        if offers_returned is None:
+            current[NEW_FBA] = -1  # extra data: only with offers
         obj: dict[str, Any] = {
             "asin": p.asin,
             "domainId": domain,
@@ -457,7 +468,7 @@ class Catalog:
         samples: list[tuple[float, list[int]]] | None = None
         if history:
             samples = self._samples(p, data_time, HISTORY_DAYS * DAY_S, HISTORY_SAMPLES)
-            obj["csv"] = self._csv(samples, data_time, current, rating, with_buybox)
+            obj["csv"] = self._csv(samples, data_time, current, rating or extra, with_buybox, extra)
         if stats_days is not None:
             obj["stats"] = self._stats(p, data_time, stats_days, current, offers_returned)
             if with_buybox:
@@ -483,15 +494,32 @@ class Catalog:
         return obj
 
     @staticmethod
+    def invalid_product(asin: str, domain: int) -> dict[str, Any]:
+        """What Keepa answers for an ASIN it has no data for: productType 4 (INVALID,
+        "no data available due to invalid or deprecated asin"), no figures."""
+        return {
+            "asin": asin,
+            "domainId": domain,
+            "productType": PRODUCT_TYPE_INVALID,
+            "title": None,
+            "csv": None,
+            "lastUpdate": 0,
+            "lastPriceChange": 0,
+            "trackingSince": 0,
+        }
+
+    @staticmethod
     def _csv(
         samples: list[tuple[float, list[int]]],
         data_time: float,
         current: list[int],
         rating: bool,
         buybox: bool,
+        extra: bool,
     ) -> list[list[int] | None]:
         points = [*samples, (data_time, current)]
-        types = list(HISTORY_TYPES)
+        types = [t for t in HISTORY_TYPES if extra or t != NEW_FBA]
+        types += [COUNT_NEW_FBA, COUNT_NEW_FBM]
         if rating:
             types += [RATING, COUNT_REVIEWS]
         csv: list[list[int] | None] = [None] * N_TYPES
@@ -526,7 +554,7 @@ class Catalog:
         lows: list[list[int] | None] = [None] * N_TYPES
         highs: list[list[int] | None] = [None] * N_TYPES
         for ptype in range(N_TYPES):
-            if current[ptype] < 0 and ptype in (RATING, COUNT_REVIEWS, BUY_BOX_SHIPPING):
+            if current[ptype] < 0 and ptype in (RATING, COUNT_REVIEWS, BUY_BOX_SHIPPING, NEW_FBA):
                 continue
             seen = [(vals[ptype], st) for st, vals in samples if vals[ptype] >= 0]
             if seen:
@@ -535,7 +563,7 @@ class Catalog:
                 lows[ptype] = [keepa_minute(lo[1]), lo[0]]
                 highs[ptype] = [keepa_minute(hi[1]), hi[0]]
 
-        hidden = [i for i in (RATING, COUNT_REVIEWS) if current[i] < 0]  # rating=0
+        hidden = [i for i in (RATING, COUNT_REVIEWS, NEW_FBA) if current[i] < 0]  # not asked for
 
         def masked(values: list[int]) -> list[int]:
             for i in hidden:

@@ -50,7 +50,7 @@ Admin API (for tests and benchmarks; not part of Keepa):
   POST /_sim/plan?key=K&refill_rate=R   change the account's plan
   POST /_sim/consume?key=K&tokens=N     another program spends N tokens
   POST /_sim/tokens?key=K&tokens=N      set the balance
-  POST /_sim/fault?kind=500|delay|malformed|drop&count=N[&delay_s=S][&path=/product]
+  POST /_sim/fault?kind=500|503|delay|malformed|drop&count=N[&delay_s=S][&path=/product]
   POST /_sim/feed?stale_s=N             every deal at least N seconds old (0: live)
 """
 
@@ -155,6 +155,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "back with offersSuccessful=false) (default: 0)",
     )
     parser.add_argument(
+        "--strict-offer-cap",
+        action="store_true",
+        help="answer 400 to a /product request with offers and more than 20 ASINs (the cap "
+        "Keepa's official clients document; Keepa itself accepted 50 in 2025) (default: off)",
+    )
+    parser.add_argument(
         "--catalog-size",
         type=_number(int, MIN_CATALOG_SIZE, MAX_CATALOG_SIZE),
         default=DEFAULT_CATALOG_SIZE,
@@ -196,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         catalog_size=args.catalog_size,
         deal_interval_s=args.deal_interval,
         offer_fail_rate=args.offer_fail_rate,
+        strict_offer_cap=args.strict_offer_cap,
     )
     try:
         server.start()

@@ -14,8 +14,12 @@ filters ``currentRange``, ``deltaRange``, ``deltaPercentRange`` (on the size of 
 ``salesRankRange`` (-1 as upper bound = open), ``includeCategories``, ``excludeCategories``,
 ``titleSearch``, ``hasReviews``, ``mustHaveAmazonOffer``, ``mustNotHaveAmazonOffer``.
 
-``delta`` and ``deltaPercent`` are ``current - avg`` (negative for a drop); sort 2 and 4 put the
-biggest drop first. ``stale_s`` (admin ``/_sim/feed``) freezes the feed that many seconds in
+``delta`` and ``deltaPercent`` have Keepa's sign, ``avg - current``: positive = the price
+dropped; sort 2 and 4 put the highest (the biggest drop) first; sort 1 is not invertible (-1 is
+405). Range options apply only with ``isRangeEnabled``, ``hasReviews`` and the Amazon-offer
+filters only with ``isFilterEnabled`` (silently ignored otherwise); paging reaches 10,000 deals.
+
+``stale_s`` (admin ``/_sim/feed``) freezes the feed that many seconds in
 the past: every deal is then at least that old.
 """
 
@@ -46,6 +50,7 @@ DEAL_MAX_AGE_S = 12 * HOUR_S  # only products updated in the last 12 hours
 DATE_RANGE_DAYS = (2.0, 7.0, 31.0, 90.0)  # day (Keepa uses the last 48 h), week, month, 90 days
 SORT_TYPES = (1, 2, 3, 4)
 MAX_PAGE = 10_000
+MAX_REACHABLE = 10_000  # DealRequest.java / KEEPA_API.md: at most 10,000 deals by paging
 INT_MAX = 2**31 - 1
 
 
@@ -87,6 +92,11 @@ def parse_selection(sel: Any) -> DealQuery:
     sort_type = as_int("sortType", sel.get("sortType", 1))
     if abs(sort_type) not in SORT_TYPES:
         raise out_of_range(f"sortType={sort_type} is not one of ±1..4")
+    if sort_type == -1:
+        # DealRequest.java: "1 - deal age. Newest deals first, not invertible."
+        raise out_of_range("sortType=-1: deal age (1) is not invertible")
+    ranges = _bool(sel, "isRangeEnabled")  # range options apply only with their switch
+    filters = _bool(sel, "isFilterEnabled")  # filter options likewise
     title = sel.get("titleSearch")
     if title is not None and not isinstance(title, str):
         raise rejected("titleSearch must be a string")
@@ -96,16 +106,16 @@ def parse_selection(sel: Any) -> DealQuery:
         price_type=price_type,
         date_range=date_range,
         sort_type=sort_type,
-        current_range=_range(sel, "currentRange"),
-        delta_range=_range(sel, "deltaRange"),
-        delta_percent_range=_range(sel, "deltaPercentRange"),
-        sales_rank_range=_range(sel, "salesRankRange"),
+        current_range=_range(sel, "currentRange") if ranges else None,
+        delta_range=_range(sel, "deltaRange") if ranges else None,
+        delta_percent_range=_range(sel, "deltaPercentRange") if ranges else None,
+        sales_rank_range=_range(sel, "salesRankRange") if ranges else None,
         include_categories=_categories(sel, "includeCategories"),
         exclude_categories=_categories(sel, "excludeCategories"),
         title_words=tuple(title.lower().split()) if title else (),
-        has_reviews=_bool(sel, "hasReviews"),
-        must_have_amazon=_bool(sel, "mustHaveAmazonOffer"),
-        must_not_have_amazon=_bool(sel, "mustNotHaveAmazonOffer"),
+        has_reviews=filters and _bool(sel, "hasReviews"),
+        must_have_amazon=filters and _bool(sel, "mustHaveAmazonOffer"),
+        must_not_have_amazon=filters and _bool(sel, "mustNotHaveAmazonOffer"),
     )
 
 
@@ -149,7 +159,8 @@ class _Candidate:
     avg: list[int]  # over the selected date range
 
     def delta(self, ptype: int) -> int:
-        return self.current[ptype] - self.avg[ptype]
+        """Keepa's sign: positive = the price dropped (reference minus current)."""
+        return self.avg[ptype] - self.current[ptype]
 
     def delta_percent(self, ptype: int) -> int:
         return _percent(self.delta(ptype), self.avg[ptype])
@@ -204,7 +215,7 @@ class DealFeed:
             if current[q.price_type] < 0:
                 continue
             c = _Candidate(dip, p, data_time, current, avg)
-            if avg[q.price_type] <= 0 or c.delta(q.price_type) >= 0:
+            if avg[q.price_type] <= 0 or c.delta(q.price_type) <= 0:
                 continue  # not a drop for this price type and range
             if _passes(c, q):
                 yield c
@@ -213,9 +224,11 @@ class DealFeed:
         """The ``deals`` object of one page: ``dr`` and the category summary of the page."""
         t = now - self.stale_s
         start = q.page * DEAL_PAGE_SIZE
-        end = start + DEAL_PAGE_SIZE
+        end = min(start + DEAL_PAGE_SIZE, MAX_REACHABLE)  # paging reaches 10,000 deals at most
         candidates = self._candidates(q, t)
-        if q.sort_type == 1:
+        if start >= end:
+            chosen: list[_Candidate] = []
+        elif q.sort_type == 1:
             # Newest first is the order of _active: stop as soon as the page is full.
             chosen = list(itertools.islice(candidates, start, end))
         else:
@@ -251,8 +264,9 @@ class DealFeed:
 
 
 def _deltas(current: list[int], avg: list[int]) -> list[int]:
-    """``current - avg`` per price type; 0 where either is unknown (as Keepa does)."""
-    return [c - a if c >= 0 and a >= 0 else 0 for c, a in zip(current, avg, strict=True)]
+    """``avg - current`` per price type (Keepa's sign: positive = dropped); 0 where either is
+    unknown (as Keepa does)."""
+    return [a - c if c >= 0 and a >= 0 else 0 for c, a in zip(current, avg, strict=True)]
 
 
 def _percent(delta: int, avg: int) -> int:
@@ -301,13 +315,13 @@ def _sort_key(c: _Candidate, q: DealQuery) -> tuple[int, float, float, str]:
     if kind == 1:
         value = -c.dip.start  # newest first
     elif kind == 2:
-        value = float(c.delta(pt))  # most negative (biggest drop) first
+        value = -float(c.delta(pt))  # highest delta (biggest drop) first
     elif kind == 3:
         rank = c.current[SALES]
         missing = int(rank < 0)
         value = float(rank)  # best rank first
     else:
-        value = float(c.delta_percent(pt))
+        value = -float(c.delta_percent(pt))
     if q.sort_type < 0:
         value = -value
     return (missing, value, -c.dip.start, c.profile.asin)

@@ -4,6 +4,7 @@
 kind            what the request gets
 ==============  ============================================================================
 ``500``         HTTP 500 with the token envelope; nothing executed, nothing charged
+``503``         HTTP 503 (Keepa's backend down: retry later); nothing executed or charged
 ``delay``       executed and charged as usual; the answer comes ``delay_s`` seconds later
 ``malformed``   executed and charged; HTTP 200 whose body is truncated JSON (not parseable)
 ``drop``        executed and charged; the connection is closed without any response
@@ -21,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("500", "delay", "malformed", "drop")
+KINDS = ("500", "503", "delay", "malformed", "drop")
 DEFAULT_DELAY_S = 5.0
 
 

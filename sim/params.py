@@ -19,6 +19,7 @@ ERROR_TYPES = {
     405: "METHOD_NOT_ALLOWED",
     429: "NOT_ENOUGH_TOKEN",
     500: "INTERNAL_SERVER_ERROR",
+    503: "SERVICE_UNAVAILABLE",
 }
 
 # Keepa's Amazon locales (KEEPA_API.md, "Data conventions").
@@ -34,7 +35,12 @@ class ApiError(FleetError):
         self.message = message
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"type": ERROR_TYPES.get(self.status, "ERROR"), "message": self.message}}
+        """Keepa's error body: ``{"error": {"type", "message", "details"}}`` beside the
+        envelope — except a 429, which is the envelope alone (recorded)."""
+        if self.status == 429:
+            return {}
+        kind = ERROR_TYPES.get(self.status, "ERROR")
+        return {"error": {"type": kind, "message": self.message, "details": None}}
 
 
 def rejected(message: str) -> ApiError:

@@ -170,6 +170,7 @@ class SimServer:
         catalog_size: int = DEFAULT_CATALOG_SIZE,
         deal_interval_s: float = DEFAULT_DEAL_INTERVAL_S,
         offer_fail_rate: float = 0.0,
+        strict_offer_cap: bool = False,
     ) -> None:
         if not is_loopback(host):
             raise ValueError(f"host {host!r} is not a loopback address")
@@ -184,6 +185,7 @@ class SimServer:
             catalog_size=catalog_size,
             deal_interval_s=deal_interval_s,
             offer_fail_rate=offer_fail_rate,
+            strict_offer_cap=strict_offer_cap,
         )
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None

@@ -102,6 +102,8 @@ class Fleet:
             "7",
             "--latency-scale",
             str(self.latency_scale),
+            # Keepa's documented cap of 20 ASINs with offers: code that breaks it fails here.
+            "--strict-offer-cap",
         )
         if self.tokens is not None:
             argv += ["--tokens", str(self.tokens)]

@@ -229,3 +229,50 @@ def test_envelope_wire_round_trip_and_validation() -> None:
         TokenEnvelope.from_wire({**ENVELOPE, "tokensLeft": "many"})
     with pytest.raises(ValueError):
         TokenEnvelope.from_wire({**ENVELOPE, "refillIn": True})
+
+
+# --- Keepa's real contract (issue 11) -------------------------------------------------------
+
+
+def test_an_error_in_a_200_is_an_error_never_no_products() -> None:
+    from common.errors import KeepaParameterError
+    from sim.server import SimServer
+
+    with SimServer(port=0) as server:
+        client = KeepaClient(server.url, "test-key-interop")
+        asin = server.sim.catalog.asin(0)
+        with pytest.raises(KeepaParameterError) as info:
+            client.product([asin], offers=10)
+        assert info.value.status == 200 and info.value.envelope.tokens_consumed == 0
+        client.close()
+
+
+def test_404_and_503_are_typed_and_503_is_a_server_error() -> None:
+    from common.errors import KeepaNotFound, KeepaServerError, KeepaUnavailable
+    from sim.server import SimServer
+
+    with SimServer(port=0) as server:
+        client = KeepaClient(server.url, "test-key-interop")
+        server.sim.faults.add("503", 1)
+        with pytest.raises(KeepaUnavailable) as info:
+            client.token()
+        assert isinstance(info.value, KeepaServerError)  # retried like a 500
+        client.base_url = server.url + "/nope"
+        with pytest.raises(KeepaNotFound):
+            client.token()
+        client.close()
+
+
+def test_envelope_numbers_parse_as_any_json_number() -> None:
+    env = TokenEnvelope.from_wire(
+        {
+            "timestamp": 1.7e12,
+            "tokensLeft": 41.7,
+            "refillIn": 1000.0,
+            "refillRate": 60,
+            "tokensConsumed": 5.2,
+        }
+    )
+    assert env.tokens_left == 41  # a balance rounds down
+    assert env.tokens_consumed == 6  # a cost rounds up
+    assert TokenEnvelope.from_wire({**env.to_wire(), "tokensLeft": -3.5}).tokens_left == -4

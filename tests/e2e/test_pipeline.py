@@ -45,6 +45,11 @@ def test_three_workers_find_and_commit_deals(tmp_path: Path, processes: Processe
             f"{(fleet.status() or {}).get('tokens')}"
         ),
     )
+    # No /product request with offers carried more than Keepa's documented 20 ASINs (the sim
+    # runs with --strict-offer-cap and counts the largest it saw).
+    sim = fleet.sim_state()
+    assert sim["strict_offer_cap"] is True
+    assert 1 <= sim["max_offer_asins"] <= 20, sim["max_offer_asins"]
     # Every candidate is a deal, a rejection or still queued: none lost.
     queued = fleet.count("candidates")
     assert queued >= 0

@@ -9,6 +9,7 @@ import pytest
 from support import wait_until
 
 from sim.api import KeepaSim
+from sim.catalog import N_TYPES
 from sim.deals import parse_selection
 
 KEY = "test-key-0001"
@@ -36,10 +37,10 @@ def test_deal_page_newest_first(sim):
     now = sim.now_minute()
     for d in deals:
         assert {"asin", "title", "rootCat", "current", "delta", "deltaPercent", "avg"} <= set(d)
-        assert len(d["current"]) == 19
+        assert len(d["current"]) == N_TYPES
         for field in ("delta", "deltaPercent", "avg"):
-            assert len(d[field]) == 4 and all(len(row) == 19 for row in d[field]), field
-        assert d["delta"][1][1] < 0  # a drop of the NEW price against the week's average
+            assert len(d[field]) == 4 and all(len(row) == N_TYPES for row in d[field]), field
+        assert d["delta"][1][1] > 0  # a drop of the NEW price (Keepa's sign: positive = dropped)
         assert d["creationDate"] <= d["lastUpdate"] <= now + 1
         assert now - d["lastUpdate"] <= 12 * 60  # updated in the last 12 hours
     created = [d["creationDate"] for d in deals]
@@ -60,14 +61,14 @@ def test_deal_by_post_body(sim):
 
 
 def test_sort_types(sim):
-    for sort_type in (-1, 2, -2, 3, -3, 4, -4):
+    for sort_type in (1, 2, -2, 3, -3, 4, -4):
         deals = deals_of(sim.deal(selection(sortType=sort_type)))
         assert len(deals) == PAGE
         kind = abs(sort_type)
         if kind == 1:
             keys = [d["creationDate"] for d in deals]
         elif kind == 2:
-            keys = [d["delta"][1][1] for d in deals]  # biggest drop (most negative) first
+            keys = [d["delta"][1][1] for d in deals]  # highest delta (biggest drop) first
         elif kind == 3:
             ranks = [d["current"][3] for d in deals]
             unranked = [r < 0 for r in ranks]
@@ -75,28 +76,52 @@ def test_sort_types(sim):
             keys = [r for r in ranks if r >= 0]  # products without a rank come last
         else:
             keys = [d["deltaPercent"][1][1] for d in deals]
-        # 1 = newest first; the others ascending as keyed; a negative sortType inverts.
-        descending = (kind == 1) == (sort_type > 0)
+        # 1 newest first, 2 and 4 highest first, 3 lowest rank first; negative inverts.
+        descending = (kind != 3) == (sort_type > 0)
         assert keys == sorted(keys, reverse=descending), (sort_type, keys[:10])
         assert len(set(keys)) > 1, sort_type
 
 
 def test_filters(sim):
-    sel = selection(deltaPercentRange=[30, 100], salesRankRange=[0, 100_000])
+    sel = selection(deltaPercentRange=[30, 100], salesRankRange=[0, 100_000], isRangeEnabled=True)
     deals = deals_of(sim.deal(sel))
     assert deals
     for d in deals:
-        assert 30 <= -d["deltaPercent"][1][1] <= 100
+        assert 30 <= d["deltaPercent"][1][1] <= 100
         assert 0 <= d["current"][3] <= 100_000
-    deals = deals_of(sim.deal(selection(currentRange=[1000, 5000], dateRange=3)))
+    sel = selection(currentRange=[1000, 5000], dateRange=3, isRangeEnabled=True)
+    deals = deals_of(sim.deal(sel))
     assert deals and all(1000 <= d["current"][1] <= 5000 for d in deals)
-    assert all(d["delta"][3][1] < 0 for d in deals)
+    assert all(d["delta"][3][1] > 0 for d in deals)
+
+
+def test_ranges_and_filters_apply_only_with_their_switch(sim):
+    """DealRequest.java: range options need isRangeEnabled, filter options isFilterEnabled;
+    without the switch Keepa silently ignores them."""
+    ranged = selection(currentRange=[1000, 1100])
+    off = deals_of(sim.deal(ranged))
+    assert any(not 1000 <= d["current"][1] <= 1100 for d in off)  # ignored
+    on = deals_of(sim.deal({**ranged, "isRangeEnabled": True}))
+    assert on and all(1000 <= d["current"][1] <= 1100 for d in on)
+    amazon = selection(mustHaveAmazonOffer=True)
+    assert any(d["current"][0] < 0 for d in deals_of(sim.deal(amazon)))  # ignored
+    on = deals_of(sim.deal({**amazon, "isFilterEnabled": True}))
+    assert on and all(d["current"][0] >= 0 for d in on)
+    # The simulator records the selections it executed (for the deals stage's tests).
+    recorded = sim.state()["deal_selections"]
+    assert recorded[-1] == {**amazon, "isFilterEnabled": True}
+
+
+def test_paging_reaches_10000_deals_at_most(sim):
+    assert deals_of(sim.deal(selection(page=66))) is not None
+    assert deals_of(sim.deal(selection(page=67))) == []  # 67 x 150 > 10,000
 
 
 @pytest.mark.parametrize(
     ("sel", "status"),
     [
         (selection(sortType=5), 405),
+        (selection(sortType=-1), 405),  # deal age is not invertible
         (selection(sortType=0), 405),
         (selection(dateRange=4), 405),
         (selection(page=-1), 405),

@@ -25,7 +25,7 @@ def cost_of(sim, asins, **params) -> int:
         (18, 40, 12),  # KEEPA_API.md's example: 2 found pages
         (18, 20, 12),
         (5, 20, 6),
-        (0, 20, 6),  # the first page is fetched even when empty
+        (0, 20, 5),  # refresh succeeded, no offer: 5 (one transcription of Keepa's docs)
         (25, 20, 12),  # 2 pages asked for, 3 there
         (25, 100, 18),
         (60, 100, 36),
@@ -77,11 +77,16 @@ def test_unknown_asins_cost_nothing_and_yield_no_product(sim):
     unknown = "B000000000"
     assert sim.catalog.index(unknown) is None
     body = sim.product([unknown, "0123456789"]).json()
-    assert body["products"] == []
+    # The simulator answers an unknown ASIN with an INVALID product (productType 4).
+    assert [(p["asin"], p["productType"]) for p in body["products"]] == [
+        (unknown, 4),
+        ("0123456789", 4),
+    ]
+    assert all(p["csv"] is None for p in body["products"])
     assert body["tokensConsumed"] == 0
     known = sim.catalog.asin(42)
     body = sim.product([unknown, known.lower()]).json()
-    assert [p["asin"] for p in body["products"]] == [known]
+    assert [p["asin"] for p in body["products"] if p["productType"] != 4] == [known]
     assert body["tokensConsumed"] == 1
     assert sim.state()["tokens_consumed"] == 1
 
@@ -148,7 +153,7 @@ def test_update_minus_one_returns_keepas_old_copy(sim):
     ("params", "status"),
     [
         ({"offers": 0}, 400),
-        ({"offers": 10}, 405),
+        ({"offers": 120}, 405),
         ({"offers": 101}, 405),
         ({"offers": "x"}, 400),
         ({"stats": 0}, 405),
@@ -212,3 +217,55 @@ def test_latency_is_applied_and_scaled(make_sim):
     p = sim.find(sim.with_offers(5))
     body = sim.product([p.asin], offers=20).json()
     assert body["processingTimeInMs"] >= 20  # >= 2 s x 0.01
+
+
+def test_offers_1_to_19_is_a_200_with_an_error_and_no_products(sim):
+    """Recorded (tests/fixtures/keepa-real/error200-keepadeals-1.json): offers=10 is HTTP 200
+    with an error object, no products, 0 tokens."""
+    for offers in (1, 10, 19):
+        resp = sim.product([sim.catalog.asin(0)], offers=offers)
+        assert resp.status_code == 200
+        body = resp.json()
+        assert "products" not in body
+        assert body["tokensConsumed"] == 0
+        assert body["error"]["type"] == "invalidParameter"
+        assert "minimum of 20 offers" in body["error"]["message"]
+
+
+def test_csv_and_stats_have_36_slots_with_null_where_no_history(sim):
+    body = sim.product([sim.catalog.asin(3)], stats=90, offers=20, buybox=1).json()
+    product = body["products"][0]
+    assert product["productType"] == 0
+    assert len(product["csv"]) == 36
+    for i in (5, 6, 8, 9, 13, 14, 15, 19, 27, 28, 29, 30, 31, 32, 33):
+        assert product["csv"][i] is None, i
+    for i, series in enumerate(product["csv"]):
+        if series is not None and i in (7, 18, *range(19, 30), 32):
+            assert len(series) % 3 == 0, i  # shipping types: time, price, shipping
+        elif series is not None:
+            assert len(series) % 2 == 0, i
+    for field in ("current", "avg", "avg30", "avg90", "avg180", "min", "max"):
+        assert len(product["stats"][field]) == 36, field
+
+
+def test_extra_data_only_with_offers(sim):
+    p = sim.find(lambda prof: prof.fba_premium >= 0 and prof.offers0 > 0 and prof.rating >= 0)
+    plain = sim.product([p.asin], stats=90).json()["products"][0]
+    for i in (10, 16, 17, 18):  # NEW_FBA, RATING, COUNT_REVIEWS, BUY_BOX_SHIPPING
+        assert plain["csv"][i] is None, i
+        assert plain["stats"]["current"][i] == -1, i
+    rich = sim.product([p.asin], stats=90, offers=20).json()["products"][0]
+    assert rich["csv"][16] is not None and rich["stats"]["current"][16] >= 0
+
+
+def test_more_than_20_asins_with_offers_accepted_unless_strict(make_sim):
+    lax = make_sim()
+    asins = lax.catalog.asins(0, 21)
+    assert lax.product(asins, offers=20).status_code == 200  # as Keepa did in 2025
+    assert lax.state()["max_offer_asins"] == 21
+    strict = make_sim(strict_offer_cap=True)
+    resp = strict.product(asins, offers=20)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["tokensConsumed"] == 0
+    assert strict.product(asins[:20], offers=20).status_code == 200
+    assert strict.product(asins, stats=90).status_code == 200  # no offers: up to 100

@@ -124,16 +124,18 @@ def test_too_large_shrinks_the_batch_and_gives_the_rest_back(storage: Storage) -
     storage.add_candidates(D, asins, source="test", now=T0)
     ingest = stage("ingest", storage, keepa, permits, clock)
 
-    assert ingest.run_once(T0) == 8  # 50 asked (600 tokens), rejected, 8 fit in 100
-    assert permits.rejected == [600]
-    assert permits.granted == [96]
-    assert len(keepa.product_calls) == 1 and len(keepa.product_calls[0]["asins"]) == 8
-    # The 42 cut off are claimable again at once, their attempt not counted.
-    assert storage.claimable_candidates(D, T0) == 52
+    # 50 claimed; the first call of 20 (keepa.max_asins_with_offers, 240 tokens) is rejected,
+    # 8 fit in 100: the 12 cut off go back, the other 30 go in calls of 8 (no second REJECT).
+    assert ingest.run_once(T0) == 38
+    assert permits.rejected == [240]
+    assert permits.granted == [96, 96, 96, 96, 72]
+    assert [len(c["asins"]) for c in keepa.product_calls] == [8, 8, 8, 8, 6]
+    # The 12 cut off are claimable again at once, their attempt not counted.
+    assert storage.claimable_candidates(D, T0) == 22
     assert storage.conn.execute("SELECT max(attempts) FROM candidates").fetchone()[0] == 0
     # The next batch is sized from the cap the REJECT told: no second rejection.
     assert ingest.run_once(T0) == 8  # floor(100 / 12)
-    assert permits.rejected == [600]
+    assert permits.rejected == [240]
 
 
 def test_stopping_between_sub_batches_gives_back_the_rest(storage: Storage) -> None:

@@ -123,7 +123,7 @@ def test_stale_feed_is_warned_and_reported(
 # --- ingest ---------------------------------------------------------------------------
 
 
-def test_ingest_peeks_once_commits_in_sub_batches_and_records_reasons(
+def test_ingest_peeks_in_calls_of_20_commits_in_sub_batches_and_records_reasons(
     sim: Any, keepa: RecordingKeepa, storage: Storage
 ) -> None:
     queue_from_feed(keepa, storage)
@@ -137,12 +137,15 @@ def test_ingest_peeks_once_commits_in_sub_batches_and_records_reasons(
 
     assert ingest.run_once(ingest.ctx.clock()) == batch
 
-    peek, *commits = keepa.product_calls
-    assert len(peek["asins"]) == batch and set(UNKNOWN) <= set(peek["asins"])
-    assert peek["history"] is False and peek["offers"] == 20 and peek["stats"] == 90
+    peeks = [c for c in keepa.product_calls if c["history"] is False]
+    commits = [c for c in keepa.product_calls if c["history"] is True]
+    # keepa.max_asins_with_offers (20, Keepa's documented cap): 40 claimed, two peeks.
+    assert [len(p["asins"]) for p in peeks] == [20, 20]
+    assert set(UNKNOWN) <= {a for p in peeks for a in p["asins"]}
+    assert all(p["offers"] == 20 and p["stats"] == 90 for p in peeks)
     # One full call per sub-batch of survivors: sim and client agree on the count.
-    assert calls(sim) == (deal_calls_before, 1 + len(commits))
-    assert len(permits.settles) == 1 + len(commits)
+    assert calls(sim) == (deal_calls_before, len(peeks) + len(commits))
+    assert len(permits.settles) == len(peeks) + len(commits)
     survivors = [a for c in commits for a in c["asins"]]
     assert len(commits) == math.ceil(len(survivors) / commit)
     assert all(c["history"] is True and c["offers"] == 20 for c in commits)
@@ -172,15 +175,15 @@ def test_costs_learn_from_settles(sim: Any, keepa: RecordingKeepa, storage: Stor
     assert ingest.ctx.costs.per_product == 5.0  # worker.cost_per_product
     consumed_before = sim.state(KEY)["tokens_consumed"]  # the deal scan
     ingest.run_once(ingest.ctx.clock())
-    (peek_cost, peek_consumed), *commit_settles = permits.settles
-    assert peek_cost == 360  # 30 x 12: the most offers=20 can cost (two pages of 6)
-    assert peek_consumed is not None and peek_consumed >= 6 * 30  # offers: 6 a page
+    (peek_cost, peek_consumed), _, *commit_settles = permits.settles
+    assert peek_cost == 240  # 20 (the offers cap) x 12: the most offers=20 can cost
+    assert peek_consumed is not None and peek_consumed >= 5 * 20  # offers: 5 or 6 a page
     # Every feed ASIN is found; the expected cost is learned from what Keepa charged...
     assert commit_settles, "some deal survived the peek"
-    assert ingest.ctx.costs.per_product >= peek_consumed / 30
+    assert ingest.ctx.costs.per_product >= peek_consumed / 20
     # ...but no permit is ever smaller than what its call cost: the account is never
     # overdrawn behind the broker's back.
-    n = len(keepa.product_calls[1]["asins"])
+    n = len(keepa.product_calls[2]["asins"])
     assert commit_settles[0][0] == math.ceil(max(12, ingest.ctx.costs.per_product) * n)
     assert all(consumed <= cost for cost, consumed in permits.settles if consumed is not None)
     spent = sim.state(KEY)["tokens_consumed"] - consumed_before
@@ -195,17 +198,18 @@ def test_batch_shrinks_to_what_the_account_can_grant(
     (ingest,) = stages("ingest", keepa, permits, storage, worker={"ingest_batch": 50})
     waiting = storage.totals()["candidates_waiting"]
     ingest.run_once(ingest.ctx.clock())
-    assert permits.rejected == [600]
+    assert permits.rejected == [240]  # the first call of 20 (12 each)
     first = permits.granted[0]
     assert first <= 60
     assert sim.state(KEY)["product_calls"] >= 1
-    # 5 ASINs (60 / 12) were peeked; the other 45 went back to the queue.
+    # 5 ASINs (60 / 12) fit the first call, its other 15 went back to the queue; the other
+    # 30 claimed went in calls of 5.
     t = storage.totals()
     assert t["candidates_claimed"] == 0
-    assert waiting - t["candidates_waiting"] == 5
+    assert waiting - t["candidates_waiting"] == 35
     # The next batch is sized from the known cap: no more rejections.
     ingest.run_once(ingest.ctx.clock())
-    assert permits.rejected == [600]
+    assert permits.rejected == [240]
     assert all(cost <= 60 for cost in permits.granted)
 
 

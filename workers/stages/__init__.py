@@ -62,6 +62,9 @@ PRIORITY_PEEK = 0
 # The fleet shares what it learned about costs through the database, so a new or restarted
 # worker does not overdraw the account relearning them.
 SHARED_COST_KEYS = {True: "cost_per_product", False: "cost_per_product_light"}
+# Keepa's productType (read before anything else of a product).
+PRODUCT_TYPE_INVALID = 4
+PRODUCT_TYPE_VARIATION_PARENT = 5
 
 
 class Stage(Protocol):
@@ -190,10 +193,14 @@ class Pipeline:
 
 
 def products_of(resp: KeepaResponse) -> dict[str, dict[str, Any]]:
-    """The products of a ``/product`` answer by ASIN (unknown ASINs are absent)."""
+    """The products of a ``/product`` answer by ASIN. Unknown ASINs are absent, whether Keepa
+    left them out or sent an INVALID product (``productType`` 4, read first): neither is
+    found, and the cost model never counts one."""
     out: dict[str, dict[str, Any]] = {}
     for product in resp.payload.get("products") or []:
         if isinstance(product, dict) and isinstance(product.get("asin"), str):
+            if product.get("productType") == PRODUCT_TYPE_INVALID:
+                continue
             out[product["asin"].upper()] = product
     return out
 
@@ -220,6 +227,11 @@ def judge(
         product = found.get(asin)
         if product is None:
             rejected.append(Rejection(asin, f"{prefix}not_found", "not_found", {}))
+            continue
+        if product.get("productType") == PRODUCT_TYPE_VARIATION_PARENT:
+            # A variation parent has no offers or prices of its own: its own reason.
+            reason = "variation_parent"
+            rejected.append(Rejection(asin, f"{prefix}{reason}", reason, {"productType": 5}))
             continue
         product_facts = facts(product)
         failure = check(product_facts, filters)

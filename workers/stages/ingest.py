@@ -1,8 +1,10 @@
 """Ingest: turn queued candidates into deals or rejections.
 
 One batch: claim up to ``worker.ingest_batch`` candidates (fewer when the account cannot
-grant the cost of that many), *peek* them in ONE ``/product`` call (stats, offers, no price
-history), reject those that fail a filter (or that Keepa does not know: ``not_found``), then
+grant the cost of that many), *peek* them in ``/product`` calls of at most
+``keepa.max_asins_with_offers`` ASINs (default 20, Keepa's documented cap with offers; each
+call under its own permit sized for its own ASINs; stats, offers, no price history), reject
+those that fail a filter (or that Keepa does not know: ``not_found``), then
 *commit* the survivors in sub-batches of ``worker.commit_batch``: one ``/product`` call each
 with the full data (price history included), filters checked again on it, deals upserted.
 Every candidate leaves the queue in the transaction that writes its deal or its rejection;
@@ -75,23 +77,39 @@ class IngestStage:
 
     def _process(self, claimed: list[str]) -> int:
         ctx, w, f = self.ctx, self.ctx.settings.worker, self.ctx.settings.filters
-        resp, batch = ctx.product_call(
-            NAME,
-            claimed,
-            history=False,
-            offers=True,
-            on_shrink=self._give_back_unused,
-            before_call=self._renew,
-        )
-        passed, rejections = judge(batch, resp, f)
-        survivors = [p.asin for p in passed]
-        done = ctx.storage.reject_candidates(ctx.domain, rejections, ctx.clock())
-        self._forget([r.asin for r in rejections])
-        ctx.permits.advance(NAME, done)
-        log.debug("peeked %d: %d rejected, %d to commit", len(batch), done, len(survivors))
+        cap = max(1, ctx.settings.keepa.max_asins_with_offers)
+        survivors: list[str] = []
+        peeked = done = 0
+        todo = list(claimed)
+        while todo:
+            # Each call: at most the documented cap, and no more than the largest permit pays
+            # for (known after a "too_large" REJECT: later calls are sized from it).
+            n = ctx.costs.fit(cap, ctx.permits.max_cost())
+            part, todo = todo[:n], todo[n:]
+            if peeked and ctx.permits.stopping:
+                rest = [*part, *todo]
+                log.info("stopping: giving back %d candidates not peeked yet", len(rest))
+                self._give_back_unused(rest)
+                break
+            resp, batch = ctx.product_call(
+                NAME,
+                part,
+                history=False,
+                offers=True,
+                on_shrink=self._give_back_unused,
+                before_call=self._renew,
+            )
+            passed, rejections = judge(batch, resp, f)
+            survivors += [p.asin for p in passed]
+            n_rejected = ctx.storage.reject_candidates(ctx.domain, rejections, ctx.clock())
+            self._forget([r.asin for r in rejections])
+            ctx.permits.advance(NAME, n_rejected)
+            done += n_rejected
+            peeked += len(batch)
+        log.debug("peeked %d: %d rejected, %d to commit", peeked, done, len(survivors))
 
         committed = 0
-        step = max(1, w.commit_batch)
+        step = max(1, min(w.commit_batch, cap))
         for start in range(0, len(survivors), step):
             if ctx.permits.stopping:
                 rest = survivors[start:]
@@ -103,7 +121,7 @@ class IngestStage:
             done += deals + rejected
         log.info(
             "ingest: %d candidates peeked, %d deals committed, %d rejected",
-            len(batch),
+            peeked,
             committed,
             done - committed,
         )
