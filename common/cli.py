@@ -39,6 +39,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("broker.status_cli", "show the broker's live state"),
     "run": ("common.run", "run the whole fleet under supervisord in the foreground"),
     "keys": ("broker.keys", "create CURVE key pairs for a broker on a non-loopback address"),
+    "queries": ("common.queries_cli", "list and check the deal queries, with their cost an hour"),
 }
 
 log = logging.getLogger("keepa_fleet")
