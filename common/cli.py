@@ -40,6 +40,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("common.run", "run the whole fleet under supervisord in the foreground"),
     "keys": ("broker.keys", "create CURVE key pairs for a broker on a non-loopback address"),
     "check": ("common.check", "check a Keepa key with /token (free): plan, clock, costs"),
+    "queries": ("common.queries_cli", "list and check the deal queries, with their cost an hour"),
 }
 
 log = logging.getLogger("keepa_fleet")

@@ -174,6 +174,12 @@ class FilterSettings:
     fee_percent: float = _field(
         15.0, "marketplace fee used by the profit estimate, percent", lo=0, hi=100
     )
+    price_type: int = _field(
+        1,
+        "the price type the drop and profit filters judge (1 NEW, 2 USED, 0 AMAZON, ...)",
+        lo=0,
+        hi=35,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +201,8 @@ class Settings:
     filters: FilterSettings = dataclasses.field(default_factory=FilterSettings)
     sim: SimSettings = dataclasses.field(default_factory=SimSettings)
     source: str = ""  # the TOML file read, if any
+    # The deal queries ([[queries]], common.queries.Query); empty = the built-in one.
+    queries: tuple[Any, ...] = ()
 
     @property
     def simulated(self) -> bool:
@@ -254,7 +262,7 @@ def load_settings(
             raise ConfigError("--config", f"cannot read {path}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
-    unknown_sections = set(data) - set(SECTIONS)
+    unknown_sections = set(data) - set(SECTIONS) - {QUERIES_SECTION}
     if unknown_sections:
         raise ConfigError(
             sorted(unknown_sections)[0], f"unknown section in {path}; known: {', '.join(SECTIONS)}"
@@ -290,7 +298,32 @@ def load_settings(
         raise ConfigError(sorted(overrides)[0], "unknown setting")
     settings = Settings(**sections, source=str(path) if path else "")
     _check_consistency(settings)
-    return settings
+    return _with_queries(settings, data.get(QUERIES_SECTION), path)
+
+
+# --- [[queries]]: the deal queries (common.queries) --------------------------------------
+QUERIES_SECTION = "queries"
+
+
+def _with_queries(settings: Settings, tables: Any, path: Path | None) -> Settings:
+    """The settings with their deal queries checked and built (ConfigError naming the file,
+    the query and the key). Warnings (options Keepa ignores) are logged once here."""
+    import logging
+
+    from common.queries import load_queries
+
+    queries = load_queries(
+        tables,
+        config_path=path,
+        filters=settings.filters,
+        default_domain=settings.keepa.domain,
+        every_s=settings.worker.deals_interval_s,
+        stale_feed_s=settings.worker.stale_feed_s,
+    )
+    for q in queries:
+        for warning in q.warnings:
+            logging.getLogger("common.queries").warning("%s", warning)
+    return dataclasses.replace(settings, queries=queries)
 
 
 def _coerce(name: str, f: dataclasses.Field[Any], raw: Any, origin: str) -> Any:

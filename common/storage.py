@@ -114,6 +114,14 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             )""",
         ),
     ),
+    # issue 19 (deal queries): which query found each candidate and deal ('' = before queries).
+    (
+        2,
+        (
+            "ALTER TABLE candidates ADD COLUMN query TEXT DEFAULT ''",
+            "ALTER TABLE deals ADD COLUMN query TEXT DEFAULT ''",
+        ),
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -128,6 +136,7 @@ DEAL_FIELDS = (
     "offers",
     "profit",
     "raw",
+    "query",  # the deal query that found it (issue 19)
 )
 
 
@@ -302,6 +311,7 @@ class Storage:
         source: str,
         now: float,
         requeue_rejected_after_s: float | None = None,
+        query: str = "",
     ) -> int:
         """Queue ASINs; returns how many were newly queued.
 
@@ -336,9 +346,9 @@ class Storage:
                     if rejected[0] > now - requeue_rejected_after_s:
                         continue
                 cur = self.conn.execute(
-                    "INSERT INTO candidates (domain, asin, added_at, source) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (domain, asin) DO NOTHING",
-                    (*key, now, source),
+                    "INSERT INTO candidates (domain, asin, added_at, source, query) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (domain, asin) DO NOTHING",
+                    (*key, now, source, query),
                 )
                 if cur.rowcount:
                     added += 1
@@ -612,6 +622,44 @@ class Storage:
                 "oldest_candidate_age_s": _age(now, oldest_candidate),
                 "stalest_deal_age_s": _age(now, stalest_deal),
             }
+
+    # --- deal queries (issue 19): which query found what -----------------------------------
+
+    def queries_of(self, table: str, domain: int, asins: Sequence[str]) -> dict[str, str]:
+        """The ``query`` of each ASIN in ``candidates`` or ``deals`` ('' when none)."""
+        if table not in ("candidates", "deals"):
+            raise ValueError(f"no query column in table {table!r}")
+        if not asins:
+            return {}
+        rows = self._read(
+            f"SELECT asin, query FROM {table} WHERE domain = ? AND asin IN ({_marks(asins)})",
+            (domain, *asins),
+        )
+        return {str(a): str(q or "") for a, q in rows}
+
+    def pipeline_domains(self, now: float) -> list[int]:
+        """Domains with claimable candidates or deals, most waiting candidates first."""
+        rows = self._read(
+            "SELECT domain, sum(n) FROM (SELECT domain, count(*) AS n FROM candidates WHERE "
+            "claim_owner IS NULL OR claim_expires <= ? GROUP BY domain UNION ALL "
+            "SELECT domain, 0 FROM deals GROUP BY domain) GROUP BY domain ORDER BY 2 DESC, 1",
+            (now,),
+        )
+        return [int(r[0]) for r in rows]
+
+    def query_totals(self) -> dict[str, dict[str, int]]:
+        """Per query: ``deals_live`` and ``candidates_queued`` (waiting or claimed)."""
+        out: dict[str, dict[str, int]] = {}
+        for table, key in (("deals", "deals_live"), ("candidates", "candidates_queued")):
+            for name, n in self._read(f"SELECT query, count(*) FROM {table} GROUP BY query"):
+                out.setdefault(str(name or ""), {})[key] = int(n)
+        return out
+
+    def add_query_counter(self, query: str, name: str, n: int, now: float) -> None:
+        """Add ``n`` to the counter ``query:<query>:<name>`` (tokens, deals found, ...)."""
+        if n:
+            with self.transaction():
+                self._add_counter(f"query:{query}:{name}", n, now)
 
     def integrity_check(self) -> str:
         rows = self._read("PRAGMA integrity_check")

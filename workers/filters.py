@@ -17,15 +17,18 @@ filter            rejects when
 
 A limit itself passes (a rank equal to ``max_sales_rank``, a drop equal to the minimum...).
 
-with, all prices in the smallest currency unit of the NEW price type (index 1):
+with, all prices in the smallest currency unit of the judged price type — ``filters.price_type``,
+NEW (index 1) unless a query says otherwise (a USED hunt sets 2 and is judged on USED prices):
 
 - ``drop_percent = (avg90 - current) / avg90 × 100`` — how far the current price is below its
   90-day average;
 - ``profit = avg90 - current - avg90 × fee_percent / 100`` (rounded down) — buy at the current
   price, sell back at the 90-day average, pay the marketplace fee on that sale.
 
-NEW (any seller's lowest new price, Amazon's included) is the price type because the offer
-count filter is about new offers and most products have no Amazon offer at all.
+NEW (any seller's lowest new price, Amazon's included) is the default price type because the
+offer count filter is about new offers and most products have no Amazon offer at all. When the
+judged price type is USED (2) the offer count is the used-offer count (COUNT_USED, 12): the
+competition of a used hunt is other used offers.
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ from typing import Any
 from common.config import FilterSettings
 
 PRICE_NEW = 1  # Keepa csv/stats index of the NEW price type
+PRICE_USED = 2
 SALES_RANK = 3
 COUNT_NEW = 11
+COUNT_USED = 12
 
 FILTER_NAMES = ("no_price", "sales_rank", "drop", "profit", "offers")
 
@@ -53,7 +58,8 @@ class Facts:
     current: int | None  # NEW price now; None when there is no offer
     avg90: int | None  # NEW 90-day average; None when unknown
     sales_rank: int | None
-    offers: int | None  # competing new offers; None when unknown
+    offers: int | None  # competing offers (new, or used for a USED hunt); None when unknown
+    price_type: int = PRICE_NEW  # the price type current/avg90 are of
 
     @property
     def drop_percent(self) -> float | None:
@@ -81,14 +87,15 @@ class Failure:
     detail: dict[str, Any]
 
 
-def facts(product: Mapping[str, Any]) -> Facts:
-    """The filter figures of one Keepa product (``stats`` requested). Missing data is None."""
+def facts(product: Mapping[str, Any], price_type: int = PRICE_NEW) -> Facts:
+    """The filter figures of one Keepa product (``stats`` requested), prices of
+    ``price_type``. Missing data is None."""
     stats = product.get("stats") or {}
-    current = _price(_at(stats.get("current"), PRICE_NEW))
-    avg90 = _price(_at(stats.get("avg90"), PRICE_NEW))
+    current = _price(_at(stats.get("current"), price_type))
+    avg90 = _price(_at(stats.get("avg90"), price_type))
     if avg90 is None:
         # With stats=90, "avg" is the 90-day weighted mean as well.
-        avg90 = _price(_at(stats.get("avg"), PRICE_NEW))
+        avg90 = _price(_at(stats.get("avg"), price_type))
     rank = _price(_at(stats.get("current"), SALES_RANK))
     return Facts(
         asin=str(product.get("asin", "")).upper(),
@@ -96,7 +103,8 @@ def facts(product: Mapping[str, Any]) -> Facts:
         current=current,
         avg90=avg90,
         sales_rank=rank,
-        offers=_offer_count(product, stats),
+        offers=_offer_count(product, stats, price_type),
+        price_type=price_type,
     )
 
 
@@ -147,10 +155,13 @@ def _price(value: Any) -> int | None:
     return int(value) if value >= 0 else None
 
 
-def _offer_count(product: Mapping[str, Any], stats: Mapping[str, Any]) -> int | None:
-    """Competing new offers: the COUNT_NEW figure, else Keepa's totalOfferCount, else the
-    live offers returned with ``offers=N`` (a lower bound when there are more than N)."""
-    count = _price(_at(stats.get("current"), COUNT_NEW))
+def _offer_count(
+    product: Mapping[str, Any], stats: Mapping[str, Any], price_type: int = PRICE_NEW
+) -> int | None:
+    """Competing offers: the COUNT_NEW figure (COUNT_USED for a USED hunt), else Keepa's
+    totalOfferCount, else the live offers returned with ``offers=N`` (a lower bound when there
+    are more than N)."""
+    count = _price(_at(stats.get("current"), COUNT_USED if price_type == PRICE_USED else COUNT_NEW))
     if count is not None:
         return count
     total = _price(stats.get("totalOfferCount"))

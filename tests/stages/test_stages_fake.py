@@ -355,7 +355,7 @@ def test_watermark_merges_a_minute_and_never_moves_back(storage: Storage) -> Non
     # Another worker's scan moved the watermark further while this scan was finishing: the
     # watermark does not move back.
     storage.set_state("deals:1:watermark", {"creation": minute + 10, "asins": []}, now)
-    b._finish(Scan(page=0, newest=minute + 5, newest_asins={asin(300)}), now)
+    b.scanners[0]._finish(Scan(page=0, newest=minute + 5, newest_asins={asin(300)}), now)
     assert storage.get_state("deals:1:watermark") == {"creation": minute + 10, "asins": []}
 
 

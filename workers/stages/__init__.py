@@ -116,6 +116,7 @@ class Pipeline:
         pipeline["cost_per_product"] = round(self.costs.per_product, 2)
         pipeline["cost_per_product_light"] = round(self.light_costs.per_product, 2)
         pipeline.update(extra)
+        pipeline["queries"] = _query_figures(self, now)  # issue 19: per deal query
         self.permits.report(
             {
                 "pipeline": pipeline,
@@ -134,6 +135,7 @@ class Pipeline:
         on_shrink: Callable[[list[str]], None],
         before_call: Callable[[list[str]], None] | None = None,
         priority: int = PRIORITY_PEEK,
+        domain: int | None = None,
     ) -> tuple[KeepaResponse, list[str]]:
         """One ``/product`` call on ``asins`` (``stats=worker.stats_days``; with
         ``offers=worker.offers`` when ``offers``) under a permit of the estimated cost.
@@ -143,8 +145,10 @@ class Pipeline:
         (The permit client keeps that ``max_cost``: the next batches are sized from it.)
         ``before_call`` runs once granted, right before the HTTP call (claim renewal).
         Returns the response and the ASINs it was made for; the cost model learns from it.
+        ``domain`` is the marketplace of the ASINs (default ``keepa.domain``).
         """
         w = self.settings.worker
+        domain = self.domain if domain is None else domain
         costs = self.costs if offers else self.light_costs
         shared_key = SHARED_COST_KEYS[offers]
         costs.consider(self.storage.get_state(shared_key))
@@ -159,7 +163,7 @@ class Pipeline:
                     before_call(batch)
                 return self.keepa.product(
                     batch,
-                    domain=self.domain,
+                    domain=domain,
                     stats=w.stats_days,
                     history=history,
                     offers=w.offers if offers else None,
@@ -219,7 +223,8 @@ def judge(
 ) -> tuple[list[Passed], list[Rejection]]:
     """Split the ASINs of a ``/product`` answer into those that pass the filters and
     rejections naming the filter that failed (``not_found`` when Keepa has no such
-    product); ``prefix`` goes before each reason (refresh uses ``refresh:``)."""
+    product); ``prefix`` goes before each reason (refresh uses ``refresh:``). Prices are
+    judged in ``filters.price_type``."""
     found = products_of(resp)
     passed: list[Passed] = []
     rejected: list[Rejection] = []
@@ -233,7 +238,7 @@ def judge(
             reason = "variation_parent"
             rejected.append(Rejection(asin, f"{prefix}{reason}", reason, {"productType": 5}))
             continue
-        product_facts = facts(product)
+        product_facts = facts(product, getattr(filters, "price_type", PRICE_NEW))
         failure = check(product_facts, filters)
         if failure is None:
             passed.append(Passed(asin, product, product_facts))
@@ -245,14 +250,20 @@ def judge(
 
 
 def deal_row(
-    product: dict[str, Any], facts: Facts, fee_percent: float, *, with_history: bool
+    product: dict[str, Any],
+    facts: Facts,
+    fee_percent: float,
+    *,
+    with_history: bool,
+    query: str = "",
 ) -> dict[str, Any]:
-    """The ``deals`` row of a product that qualified (see ``common.storage.DEAL_FIELDS``)."""
+    """The ``deals`` row of a product that qualified (see ``common.storage.DEAL_FIELDS``);
+    ``query`` names the deal query that found it."""
     raw = {k: v for k, v in product.items() if k != "csv"}
     row: dict[str, Any] = {
         "asin": facts.asin,
         "title": facts.title,
-        "price_type": PRICE_NEW,
+        "price_type": facts.price_type,
         "current": facts.current,
         "avg90": facts.avg90,
         "drop_percent": facts.drop_percent,
@@ -260,10 +271,17 @@ def deal_row(
         "offers": facts.offers,
         "profit": facts.profit(fee_percent),
         "raw": json.dumps(raw, separators=(",", ":")),
+        "query": query,
     }
     if with_history and product.get("csv") is not None:
         row["history"] = json.dumps(product["csv"], separators=(",", ":"))
     return row
+
+
+def _query_figures(ctx: Pipeline, now: float) -> dict[str, Any]:
+    from workers.stages.deals import query_figures  # issue 19
+
+    return query_figures(ctx, now)
 
 
 def aging(now: float, last_run: float | None) -> float:

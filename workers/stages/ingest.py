@@ -9,13 +9,21 @@ those that fail a filter (or that Keepa does not know: ``not_found``), then
 with the full data (price history included), filters checked again on it, deals upserted.
 Every candidate leaves the queue in the transaction that writes its deal or its rejection;
 what is not done (SIGTERM between sub-batches, an error) is given back to the queue.
+
+Deal queries (issue 19): a batch is of one domain (the one with the most candidates waiting
+among the queries' domains), and each candidate is judged by the filters of the query that
+found it (``candidates.query``; its ``filters.price_type`` says which prices). Each deal row
+names its query, and a query with ``notify`` gets one webhook POST per new deal committed
+(``workers.notify``: in the background, never delaying the batch).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout
+from workers.notify import notify_deals
 from workers.stages import (
     PRIORITY_COMMIT,
     URGENCY_BASE,
@@ -26,6 +34,7 @@ from workers.stages import (
     deal_row,
     judge,
 )
+from workers.stages.deals import query_domains, query_named
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +48,20 @@ class IngestStage:
         self.ctx = ctx
         self._in_hand: list[str] = []
         self._last_run: float | None = None
+        self._domain = ctx.domain  # the domain of the batch in hand
 
     # --- scheduling ---------------------------------------------------------------------
 
+    def _busiest_domain(self, now: float) -> tuple[int, int]:
+        best = (self.ctx.domain, -1)
+        for domain in query_domains(self.ctx.settings):
+            n = self.ctx.storage.claimable_candidates(domain, now)
+            if n > best[1]:
+                best = (domain, n)
+        return best
+
     def urgency(self, now: float) -> float:
-        waiting = self.ctx.storage.claimable_candidates(self.ctx.domain, now)
+        waiting = self._busiest_domain(now)[1]
         if waiting <= 0:
             return URGENCY_NONE
         batch = self.ctx.settings.worker.ingest_batch
@@ -56,8 +74,9 @@ class IngestStage:
         ctx, w = self.ctx, self.ctx.settings.worker
         self._last_run = now
         size = ctx.costs.fit(w.ingest_batch, ctx.permits.max_cost())
+        self._domain = self._busiest_domain(now)[0]
         claimed = ctx.storage.claim_candidates(
-            ctx.domain, ctx.owner, size, now=now, ttl_s=w.claim_ttl_s
+            self._domain, ctx.owner, size, now=now, ttl_s=w.claim_ttl_s
         )
         if not claimed:
             return 0
@@ -75,8 +94,25 @@ class IngestStage:
         ctx.report(ctx.clock(), last_stage=NAME)
         return done
 
+    def _judge(self, asins: list[str], resp: Any) -> tuple[list[Any], list[Any]]:
+        """Each ASIN judged by the filters of the query that found it."""
+        ctx = self.ctx
+        found_by = ctx.storage.queries_of("candidates", self._domain, asins)
+        groups: dict[str, list[str]] = {}
+        for asin in asins:
+            groups.setdefault(found_by.get(asin, ""), []).append(asin)
+        passed: list[Any] = []
+        rejected: list[Any] = []
+        for name, group in groups.items():
+            p, r = judge(group, resp, query_named(ctx.settings, name).filters)
+            passed += p
+            rejected += r
+        self._found_by.update(found_by)
+        return passed, rejected
+
     def _process(self, claimed: list[str]) -> int:
-        ctx, w, f = self.ctx, self.ctx.settings.worker, self.ctx.settings.filters
+        ctx, w = self.ctx, self.ctx.settings.worker
+        self._found_by: dict[str, str] = {}
         cap = max(1, ctx.settings.keepa.max_asins_with_offers)
         survivors: list[str] = []
         peeked = done = 0
@@ -98,10 +134,11 @@ class IngestStage:
                 offers=True,
                 on_shrink=self._give_back_unused,
                 before_call=self._renew,
+                domain=self._domain,
             )
-            passed, rejections = judge(batch, resp, f)
+            passed, rejections = self._judge(batch, resp)
             survivors += [p.asin for p in passed]
-            n_rejected = ctx.storage.reject_candidates(ctx.domain, rejections, ctx.clock())
+            n_rejected = ctx.storage.reject_candidates(self._domain, rejections, ctx.clock())
             self._forget([r.asin for r in rejections])
             ctx.permits.advance(NAME, n_rejected)
             done += n_rejected
@@ -129,7 +166,7 @@ class IngestStage:
 
     def _commit(self, chunk: list[str]) -> tuple[int, int]:
         """One sub-batch of survivors with full data: (deals committed, rejected)."""
-        ctx, f = self.ctx, self.ctx.settings.filters
+        ctx = self.ctx
         resp, chunk = ctx.product_call(
             NAME,
             chunk,
@@ -138,12 +175,25 @@ class IngestStage:
             on_shrink=self._give_back_unused,
             before_call=self._renew,
             priority=PRIORITY_COMMIT,
+            domain=self._domain,
         )
-        passed, rejections = judge(chunk, resp, f)
-        deals = [deal_row(p.product, p.facts, f.fee_percent, with_history=True) for p in passed]
+        passed, rejections = self._judge(chunk, resp)
+        deals = []
+        for p in passed:
+            query = query_named(ctx.settings, self._found_by.get(p.asin, ""))
+            deals.append(
+                deal_row(
+                    p.product,
+                    p.facts,
+                    query.filters.fee_percent,
+                    with_history=True,
+                    query=self._found_by.get(p.asin, ""),
+                )
+            )
         now = ctx.clock()
-        committed = ctx.storage.commit_deals(ctx.domain, deals, now)
-        rejected = ctx.storage.reject_candidates(ctx.domain, rejections, now)
+        committed = ctx.storage.commit_deals(self._domain, deals, now)
+        rejected = ctx.storage.reject_candidates(self._domain, rejections, now)
+        notify_deals(ctx, self._domain, deals)
         self._forget(chunk)
         ctx.permits.advance(NAME, committed + rejected)
         return committed, rejected
@@ -154,7 +204,7 @@ class IngestStage:
         ctx = self.ctx
         ctx.storage.renew_claims(
             "candidates",
-            ctx.domain,
+            self._domain,
             ctx.owner,
             self._in_hand or asins,
             now=ctx.clock(),
@@ -163,7 +213,7 @@ class IngestStage:
 
     def _give_back_unused(self, asins: list[str]) -> None:
         ctx = self.ctx
-        ctx.storage.release_candidates(ctx.domain, ctx.owner, asins, count_attempt=False)
+        ctx.storage.release_candidates(self._domain, ctx.owner, asins, count_attempt=False)
         self._forget(asins)
 
     def _forget(self, asins: list[str]) -> None:
@@ -180,7 +230,7 @@ class IngestStage:
             return
         ctx = self.ctx
         n = ctx.storage.release_candidates(
-            ctx.domain, ctx.owner, self._in_hand, count_attempt=count_attempt
+            self._domain, ctx.owner, self._in_hand, count_attempt=count_attempt
         )
         log.info("gave back %d claimed candidates", n)
         self._in_hand = []

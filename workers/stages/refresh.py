@@ -28,6 +28,7 @@ from workers.stages import (
     deal_row,
     judge,
 )
+from workers.stages.deals import query_domains, query_named
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,18 @@ class RefreshStage:
         self.ctx = ctx
         self._in_hand: list[str] = []
         self._last_run: float | None = None
+        self._domain = ctx.domain  # the domain of the batch in hand (deal queries: issue 19)
+
+    def _stalest(self, now: float) -> tuple[int, float | None]:
+        best: tuple[int, float | None] = (self.ctx.domain, None)
+        for domain in query_domains(self.ctx.settings):
+            t = self.ctx.storage.stalest_claimable_deal(domain, now)
+            if t is not None and (best[1] is None or t < best[1]):
+                best = (domain, t)
+        return best
 
     def urgency(self, now: float) -> float:
-        stalest = self.ctx.storage.stalest_claimable_deal(self.ctx.domain, now)
+        stalest = self._stalest(now)[1]
         if stalest is None:
             return URGENCY_NONE
         period = self.ctx.settings.worker.refresh_after_s
@@ -60,8 +70,9 @@ class RefreshStage:
         ctx, w = self.ctx, self.ctx.settings.worker
         self._last_run = now
         size = ctx.light_costs.fit(w.refresh_batch, ctx.permits.max_cost())
+        self._domain = self._stalest(now)[0]
         claimed = ctx.storage.claim_stale_deals(
-            ctx.domain,
+            self._domain,
             ctx.owner,
             size,
             now=now,
@@ -81,7 +92,7 @@ class RefreshStage:
         return done
 
     def _process(self, claimed: list[str]) -> int:
-        ctx, f = self.ctx, self.ctx.settings.filters
+        ctx = self.ctx
         resp, batch = ctx.product_call(
             NAME,
             claimed,
@@ -90,12 +101,25 @@ class RefreshStage:
             on_shrink=self._give_back_unused,
             priority=PRIORITY_REFRESH,
             before_call=self._renew,
+            domain=self._domain,
         )
-        passed, drop = judge(batch, resp, f, prefix="refresh:")
-        keep = [deal_row(p.product, p.facts, f.fee_percent, with_history=False) for p in passed]
+        # Each deal is judged by the filters of the query that found it.
+        found_by = ctx.storage.queries_of("deals", self._domain, batch)
+        groups: dict[str, list[str]] = {}
+        for asin in batch:
+            groups.setdefault(found_by.get(asin, ""), []).append(asin)
+        keep, drop = [], []
+        for name, group in groups.items():
+            f = query_named(ctx.settings, name).filters
+            passed, dropped = judge(group, resp, f, prefix="refresh:")
+            keep += [
+                deal_row(p.product, p.facts, f.fee_percent, with_history=False, query=name)
+                for p in passed
+            ]
+            drop += dropped
         now = ctx.clock()
-        done = ctx.storage.refresh_deals(ctx.domain, keep, now)
-        done += ctx.storage.drop_deals(ctx.domain, drop, now)
+        done = ctx.storage.refresh_deals(self._domain, keep, now)
+        done += ctx.storage.drop_deals(self._domain, drop, now)
         self._in_hand = []
         ctx.permits.advance(NAME, done)
         log.log(
@@ -110,7 +134,7 @@ class RefreshStage:
         ctx = self.ctx
         ctx.storage.renew_claims(
             "deals",
-            ctx.domain,
+            self._domain,
             ctx.owner,
             asins,
             now=ctx.clock(),
@@ -119,13 +143,13 @@ class RefreshStage:
 
     def _give_back_unused(self, asins: list[str]) -> None:
         ctx = self.ctx
-        ctx.storage.release_deals(ctx.domain, ctx.owner, asins)
+        ctx.storage.release_deals(self._domain, ctx.owner, asins)
         gone = set(asins)
         self._in_hand = [a for a in self._in_hand if a not in gone]
 
     def give_back(self) -> None:
         if not self._in_hand:
             return
-        n = self.ctx.storage.release_deals(self.ctx.domain, self.ctx.owner, self._in_hand)
+        n = self.ctx.storage.release_deals(self._domain, self.ctx.owner, self._in_hand)
         log.info("gave back %d claimed deals", n)
         self._in_hand = []
