@@ -88,7 +88,10 @@ def parse_selection(sel: Any) -> DealQuery:
     page = as_int("page", sel.get("page", 0))
     check_range("page", page, 0, MAX_PAGE)
     date_range = as_int("dateRange", sel.get("dateRange", 0))
-    check_range("dateRange", date_range, 0, len(DATE_RANGE_DAYS) - 1)
+    # 4 ("all ranges") is not in the Java client's comment (0..3), but the replaced system's
+    # query used it and Keepa answered: here it judges drops over the widest range, 90 days
+    # (inferred, not documented).
+    check_range("dateRange", date_range, 0, len(DATE_RANGE_DAYS))
     sort_type = as_int("sortType", sel.get("sortType", 1))
     if abs(sort_type) not in SORT_TYPES:
         raise out_of_range(f"sortType={sort_type} is not one of ±1..4")
@@ -199,7 +202,7 @@ class DealFeed:
 
     def _candidates(self, q: DealQuery, t: float) -> Iterator[_Candidate]:
         cat = self.catalog
-        days = DATE_RANGE_DAYS[q.date_range]
+        days = DATE_RANGE_DAYS[min(q.date_range, len(DATE_RANGE_DAYS) - 1)]
         for dip in self._active(t):
             p = cat.profile(dip.index)
             data_time = cat.last_update(p, t)

@@ -95,6 +95,14 @@ def test_filters(sim):
     assert all(d["delta"][3][1] > 0 for d in deals)
 
 
+def test_date_range_4_is_answered_and_judged_over_90_days(sim):
+    """The replaced system's own query used dateRange 4 and Keepa answered it: the simulator
+    accepts it and judges drops over its widest range (90 days)."""
+    deals = deals_of(sim.deal(selection(dateRange=4)))
+    assert deals
+    assert all(d["delta"][3][1] > 0 for d in deals)
+
+
 def test_ranges_and_filters_apply_only_with_their_switch(sim):
     """DealRequest.java: range options need isRangeEnabled, filter options isFilterEnabled;
     without the switch Keepa silently ignores them."""
@@ -123,7 +131,7 @@ def test_paging_reaches_10000_deals_at_most(sim):
         (selection(sortType=5), 405),
         (selection(sortType=-1), 405),  # deal age is not invertible
         (selection(sortType=0), 405),
-        (selection(dateRange=4), 405),
+        (selection(dateRange=5), 405),
         (selection(page=-1), 405),
         (selection(domainId=7), 405),
         (selection(priceTypes=[0, 1]), 400),
