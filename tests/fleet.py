@@ -195,9 +195,8 @@ class Fleet:
             return []
         conn = sqlite3.connect(self.db, timeout=30)
         try:
+            # A SQLite error (a missing table, a typo) raises: an invariant must not pass on it.
             return conn.execute(sql).fetchall()
-        except sqlite3.OperationalError:
-            return []
         finally:
             conn.close()
 

@@ -67,9 +67,9 @@ def test_an_address_in_use_exits_1(processes: Processes) -> None:
         env=clean_env(),
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=120,
         cwd=ROOT,
     )
     assert proc.returncode == 1
     assert "broker.address" in proc.stderr
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 30  # refuses at once: no retrying of the bind

@@ -155,3 +155,28 @@ def test_the_history_is_bounded() -> None:
         killer.tick(float(i) + 5)
     assert len(killer.history) <= 200
     assert killer.by_reason[states.KILL_SILENT] == 1000
+
+
+def test_a_pid_reused_during_the_grace_is_not_sigkilled(
+    child: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM went to the right process; before the grace ran out the pid came to belong to
+    another process (its start time differs; the pid itself is still running). The re-check
+    before SIGKILL sees it: the kill ends as ``exited`` and no SIGKILL is sent."""
+    rec = Recorder()
+    killer = make(rec)
+    start = start_of(child)
+    record = killer.kill(target(child.pid, start), states.KILL_SILENT, now=0.0)
+    assert record.action == SIGTERM_SENT
+    real = procinfo.process_start_time
+
+    def reused(pid: int) -> int | None:  # /proc/<pid>/stat of the new process: later start
+        actual = real(pid)
+        return actual + 1 if pid == child.pid and actual is not None else actual
+
+    monkeypatch.setattr(procinfo, "process_start_time", reused)
+    assert procinfo.process_state(child.pid) not in (None, "Z", "X")  # the pid is alive
+    assert killer.tick(5.0) == [record]  # past the grace
+    assert record.outcome == EXITED
+    assert signal.SIGKILL not in [s for _, s in rec.signals]
+    assert child.poll() is None

@@ -11,12 +11,15 @@ import subprocess
 import time
 from collections.abc import Callable
 
+import pytest
 from broker_net.net_support import Peer
-from support import ROOT, Processes, fleet_command, free_port, wait_until
+from support import ROOT, Processes, fleet_command, silent_port, wait_until
 
+from broker import status_cli
 from broker.server import Broker
-from broker.status_cli import format_status
+from broker.status_cli import DEFAULT_TIMEOUT_S, format_status
 from common import protocol
+from common.cli import build_parser
 
 TOKENS_KEYS = {
     "now",
@@ -125,13 +128,29 @@ def test_the_address_comes_from_fleet_broker(
     assert json.loads(proc.stdout)["broker_id"] == broker.broker_id
 
 
-def test_no_broker_exits_2_within_the_timeout() -> None:
-    started = time.monotonic()
-    proc = run_status("--broker", f"tcp://127.0.0.1:{free_port()}", "--json", "--timeout", "1")
+def test_no_broker_exits_2() -> None:
+    with silent_port() as port:  # accepts TCP, never speaks ZeroMQ
+        proc = run_status("--broker", f"tcp://127.0.0.1:{port}", "--json", "--timeout", "1")
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "no answer" in proc.stderr
-    assert time.monotonic() - started < 25  # generous: interpreter start-up included
+
+
+@pytest.mark.parametrize("timeout", [0.5, DEFAULT_TIMEOUT_S + 2.5])
+def test_no_answer_takes_exactly_the_timeout(
+    timeout: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In-process (no interpreter start-up in the figure): ``--timeout`` both shortens and
+    lengthens the wait; the default would be off by seconds either way."""
+    args = build_parser().parse_args(["status", "--json", "--timeout", str(timeout)])
+    with silent_port() as port:
+        args.broker = f"tcp://127.0.0.1:{port}"
+        started = time.monotonic()
+        assert status_cli.run(args) == status_cli.EXIT_NO_ANSWER
+        elapsed = time.monotonic() - started
+    assert elapsed >= timeout
+    assert elapsed < timeout + 2.0, elapsed  # DEFAULT_TIMEOUT_S is 2 s or more away
+    assert "no answer" in capsys.readouterr().err
 
 
 def test_watch_refreshes_until_ctrl_c(

@@ -49,7 +49,9 @@ def test_asins_are_valid_unique_and_map_back():
     assert len(asins) == 20_000 == len(set(asins))
     assert all(re.fullmatch(r"B0[0-9A-Z]{8}", a) for a in asins)
     assert all(cat.index(a) == i for i, a in enumerate(asins[:2000]))
-    assert cat.index("B000000000") is None or cat.index("B000000000") < cat.size
+    for code in ("B000000000", "B0ZZZZZZZZ", "B012345678"):  # any well-formed code:
+        i = cat.index(code)  # either not in the catalog, or the product that has it
+        assert i is None or (0 <= i < cat.size and cat.asin(i) == code), (code, i)
     # A well-formed ASIN just past the end of the catalog is recognised as unknown.
     assert cat.index(cat.asin(cat.size)) is None
     assert cat.index("X123456789") is None

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from support import Processes, fleet_command, free_port, wait_until
 from workers_runtime.wr_support import FakeBroker
 
@@ -116,7 +115,6 @@ def test_cli_unusable_database_exits_before_connecting(
 def test_cli_worker_says_hello_and_drains_on_sigterm(
     broker: FakeBroker, processes: Processes, tmp_path: Path
 ) -> None:
-    pytest.importorskip("workers.stages", reason="the pipeline stages are not there yet")
     env = {**ENV, "KEEPA_BASE_URL": f"http://127.0.0.1:{free_port()}"}
     argv = fleet_command(
         "worker",
