@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 UPDATE_EVERY_S = 0.5
 BIND_HOST = "127.0.0.1"
 WAIT_BUCKETS_S = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0)
+QUERY_FIGURES = ("deals_live", "deals_found", "candidates_waiting", "tokens", "pages")
 MAX_LABEL_VALUES = 64  # bad-message codes are a fixed set; this bounds them anyway
 
 
@@ -69,6 +70,11 @@ class BrokerMetrics:
         self.unaccounted = gauge("tokens_unaccounted", "tokens spent by another program")
         self.queued = gauge("permits_queued", "requests waiting for a grant")
         self.workers = gauge("workers", "registered workers by state", ("state",))
+        self.query = gauge(
+            "query",
+            "per deal query: deals_live, deals_found, candidates_waiting, tokens",
+            ("query", "figure"),
+        )
         self._counters = {
             "granted": counter("permits_granted", "permits granted"),
             "settled": counter("permits_settled", "permits settled"),
@@ -128,6 +134,13 @@ class BrokerMetrics:
         }
         for name, value in totals.items():
             self._advance(name, value, self._counters[name])
+        queries = (state.get("pipeline") or {}).get("queries")
+        if isinstance(queries, dict):
+            for qname, figures in list(queries.items())[:MAX_LABEL_VALUES]:
+                for figure in QUERY_FIGURES:
+                    value = figures.get(figure) if isinstance(figures, dict) else None
+                    if isinstance(value, int | float):
+                        self.query.labels(query=str(qname), figure=figure).set(value)
         for reason, n in state["kills_by_reason"].items():
             self._advance(f"kill:{reason}", n, self.kills.labels(reason=reason))
         for code, n in list(state["bad_messages"].items())[:MAX_LABEL_VALUES]:

@@ -158,6 +158,7 @@ def format_status(state: dict[str, Any], address: str = "") -> str:
         f"keepa     /token syncs {keepa.get('token_syncs', 0)}  429s "
         f"{keepa.get('status_429', 0)}  errors {keepa.get('errors', 0)}",
         _pipeline_line(pipeline, tokens),
+        *_query_lines(pipeline.get("queries")),
     ]
     bad = state.get("bad_messages") or {}
     if bad:
@@ -227,6 +228,26 @@ def _pipeline_line(pipeline: dict[str, Any], tokens: dict[str, Any]) -> str:
         if key not in shown and isinstance(value, int | float | str | bool):
             parts.append(f"{key} {value}")
     return "pipeline  " + "  ".join(parts)
+
+
+def _query_lines(queries: Any) -> list[str]:
+    """One line per deal query (the ``[[queries]]`` of the settings): what it found, what
+    waits, what its deal pages cost, and when it last scanned."""
+    if not isinstance(queries, dict):
+        return []
+    lines = []
+    for name, q in sorted(queries.items()):
+        if not isinstance(q, dict):
+            continue
+        age = q.get("last_scan_age_s")
+        last = f"last scan {_duration(age)} ago" if isinstance(age, int | float) else "not scanned"
+        lines.append(
+            f"query     {name} (domain {q.get('domain', '?')})  deals live "
+            f"{q.get('deals_live', 0)}  found {q.get('deals_found', 0)}  waiting "
+            f"{q.get('candidates_waiting', 0)}  pages {q.get('pages', 0)}  tokens "
+            f"{q.get('tokens', 0)}  {last}" + ("  FEED STALE" if q.get("feed_stale") else "")
+        )
+    return lines
 
 
 WORKER_COLUMNS = (
