@@ -94,6 +94,7 @@ ROOT_CATEGORIES = (
     (165796011, "Baby"),
     (3760911, "Beauty & Personal Care"),
     (468642, "Video Games"),
+    (283155, "Books"),  # the replaced system's used-books hunt (examples/used-books.json)
 )
 _BRANDS = (
     "Acme", "Northwind", "Contoso", "Globex", "Initech", "Umbrella", "Stark", "Wayne",
