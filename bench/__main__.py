@@ -25,6 +25,9 @@ from types import ModuleType
 from bench import capacity, harness, heartbeats, scaling, soak_report, utilization
 
 BENCHMARKS: list[ModuleType] = [utilization, capacity, scaling, heartbeats, soak_report]
+from bench import web_deals  # noqa: E402  (issue 15, the dashboard; a line of its own)
+
+BENCHMARKS.append(web_deals)
 OUTPUT = harness.ROOT / "BENCHMARKS.md"
 
 HEADER = """# Benchmarks
