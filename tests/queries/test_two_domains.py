@@ -8,15 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from stages.stage_support import FakePermits
 
 from common.config import load_settings
 from common.keepa import KeepaClient
 from common.storage import Storage
+from sim import server
 from workers.stages import build_stages
-
-server = pytest.importorskip("sim.server")
 
 
 class RecordingKeepa(KeepaClient):
