@@ -125,7 +125,9 @@ class BrokerSettings:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerSettings:
-    db: str = _field("var/fleet.db", "the SQLite database file", env="FLEET_DB")
+    db: str = _field(
+        "var/fleet.db", "the database: an SQLite file or a postgresql:// URL", env="FLEET_DB"
+    )
     role: str = _field("all", "pipeline role", choices=("deals", "ingest", "refresh", "all"))
     ingest_batch: int = _field(50, "candidates peeked per /product call", lo=1, hi=100)
     commit_batch: int = _field(5, "survivors committed per full-data call", lo=1, hi=100)

@@ -47,6 +47,12 @@ class StorageError(FleetError):
     """The SQLite database could not be opened or written."""
 
 
+class StorageUnavailable(StorageError):
+    """The database server stayed unreachable (or kept aborting the transaction) through the
+    retries: transient, like an SQLite database locked past its busy timeout. Nothing of the
+    failed write was kept; the caller gives its batch back and tries again later."""
+
+
 class KeepaError(FleetError):
     """Any failure of a Keepa API call.
 

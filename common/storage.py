@@ -1,4 +1,12 @@
-"""The pipeline's SQLite database: a claimable candidate queue, the live deals, the rejections.
+"""The pipeline's database: a claimable candidate queue, the live deals, the rejections.
+
+Two backends behind one interface (``Storage``): SQLite, the embedded default for one host
+(this module), and PostgreSQL for workers on several hosts (``common.storage_pg``: claims with
+``FOR UPDATE SKIP LOCKED``, connection loss retried). ``Storage.open(target)`` takes a file
+path, ``sqlite:///PATH`` or a ``postgresql://`` URL (``FLEET_DB``/``--db``). The tables, their
+columns and their meanings are the same on both.
+
+SQLite:
 
 One file in WAL mode, opened through sqlite-utils on a connection of our own (busy timeout
 ``BUSY_TIMEOUT_S``, driver autocommit so that every transaction is explicit). Every write is a
@@ -50,7 +58,20 @@ BUSY_TIMEOUT_S = 30.0
 # poison ASIN cannot cycle forever.
 MAX_CLAIM_ATTEMPTS = 5
 
-# Each entry upgrades the schema from the previous version; never edit a released entry, add one.
+
+def add_column(table: str, column: str, sql_type: str, default: str | None = None) -> str:
+    """The migration statement of an additive column, the same on both backends (write the
+    SQLite type: INTEGER, REAL, TEXT; PostgreSQL gets BIGINT, DOUBLE PRECISION, TEXT)::
+
+        (2, (add_column("deals", "query", "TEXT"),)),
+    """
+    tail = f" DEFAULT {default}" if default is not None else ""
+    return f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}{tail}"
+
+
+# Each entry upgrades the schema from the previous version; never edit a released entry, add
+# one (an additive column: ``add_column`` above). The statements are written in SQLite's types;
+# ``common.storage_pg`` maps them to PostgreSQL's (``pg_ddl``), so one list serves both.
 MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
     (
         1,
@@ -151,13 +172,45 @@ class Rejection:
     detail: Mapping[str, Any]
 
 
+def is_postgres_url(target: str) -> bool:
+    return target.startswith(POSTGRES_SCHEMES)
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+SQLITE_SCHEME = "sqlite:///"
+
+
+def sqlite_path(target: str) -> str:
+    """The file of an SQLite target: a plain path, or ``sqlite:///relative`` /
+    ``sqlite:////absolute`` (SQLAlchemy's spelling). Any other ``scheme://`` is refused."""
+    if target.startswith(SQLITE_SCHEME):
+        path = target[len(SQLITE_SCHEME) :]
+        if not path:
+            raise StorageError(f"{target!r} names no file (sqlite:///var/fleet.db)")
+        return path
+    if "://" in target:
+        scheme = target.split("://", 1)[0]
+        raise StorageError(
+            f"database {scheme}://... is not supported: use an SQLite file path "
+            "(or sqlite:///PATH) or a postgresql:// URL"
+        )
+    return target
+
+
 class Storage:
     """The database of one process. Methods are short transactions; safe to share between the
-    threads of one process (a lock serializes them), and between processes (SQLite locks)."""
+    threads of one process (a lock serializes them), and between processes (SQLite locks).
+
+    This class is the storage interface and its SQLite backend; ``common.storage_pg``'s
+    ``PostgresStorage`` is the PostgreSQL one (same tables, same meanings), overriding the
+    few backend hooks. ``Storage.open`` picks the backend from its argument.
+    """
+
+    migrations = MIGRATIONS  # a class attribute so a test can add a step
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self.path = path
-        self.conn = conn
+        self.conn: Any = conn  # sqlite3 here; PostgresStorage's has the same face
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
 
@@ -165,12 +218,17 @@ class Storage:
 
     @classmethod
     def open(cls, path: str | Path) -> Storage:
-        """Open (creating it and its parent directory when needed) and migrate the database.
+        """Open (creating it and its parent directory when needed) and migrate the database:
+        an SQLite file path (or ``sqlite:///PATH``), or a ``postgresql://`` URL.
 
         Raises StorageError with the path and the reason when it cannot be created, opened or
         written.
         """
-        path = str(path)
+        if isinstance(path, str) and is_postgres_url(path):
+            from common.storage_pg import PostgresStorage
+
+            return PostgresStorage.open_url(path)
+        path = sqlite_path(str(path))
         target = Path(path)
         if target.is_dir():
             raise StorageError(f"database path {path} is a directory, not a file")
@@ -207,22 +265,24 @@ class Storage:
         self.conn.execute("PRAGMA synchronous=NORMAL")
 
     def _migrate(self, now: float) -> None:
-        with self.transaction():
-            self.conn.execute(MIGRATIONS[0][1][0])  # the state table holds the version
+        with self._write():
+            self._lock_for_migration()
+            self.conn.execute(self._ddl(self.migrations[0][1][0]))  # the state table: version
             row = self.conn.execute(
                 "SELECT value FROM state WHERE key = 'schema_version'"
             ).fetchone()
             current = int(row[0]) if row else 0
-            if current > SCHEMA_VERSION:
+            newest = self.migrations[-1][0]
+            if current > newest:
                 raise StorageError(
                     f"database {self.path} has schema version {current}, newer than this "
-                    f"program's {SCHEMA_VERSION}: upgrade keepa-fleet"
+                    f"program's {newest}: upgrade keepa-fleet"
                 )
-            for version, statements in MIGRATIONS:
+            for version, statements in self.migrations:
                 if version <= current:
                     continue
                 for sql in statements:
-                    self.conn.execute(sql)
+                    self.conn.execute(self._ddl(sql))
                 self._set_state("schema_version", version, now)
                 log.info("database %s: schema migrated to version %d", self.path, version)
             # Always one write, so an unwritable file fails here, at start, not mid-batch.
@@ -244,7 +304,15 @@ class Storage:
     # --- transactions -------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite_utils.Database]:
+    def transaction(self) -> Iterator[Any]:
+        """A write transaction for callers that read and then write (the deal-feed watermark):
+        it holds the database's write lock from its first statement, so no other writer moves
+        what it read. On SQLite that is ``_write()`` itself."""
+        with self._write() as db:
+            yield db
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Any]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception).
 
         IMMEDIATE takes the write lock up front (waiting up to the busy timeout), so a
@@ -280,7 +348,7 @@ class Storage:
         return json.loads(rows[0][0]) if rows else default
 
     def set_state(self, key: str, value: Any, now: float) -> None:
-        with self.transaction():
+        with self._write():
             self._set_state(key, value, now)
 
     def _set_state(self, key: str, value: Any, now: float) -> None:
@@ -293,13 +361,7 @@ class Storage:
 
     def _add_counter(self, key: str, n: int, now: float) -> None:
         if n:
-            self.conn.execute(
-                "INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET "
-                "value = CAST(state.value AS INTEGER) + excluded.value, "
-                "updated_at = excluded.updated_at",
-                (key, n, now),
-            )
+            self.conn.execute(self._COUNTER_SQL, (key, json.dumps(n), now))
 
     # --- candidates ---------------------------------------------------------------------
 
@@ -324,7 +386,8 @@ class Storage:
         if not unique:
             return 0
         added = 0
-        with self.transaction():
+        with self._write():
+            self._lock_asins(domain, unique)
             for asin in unique:
                 key = (domain, asin)
                 self.conn.execute(
@@ -369,7 +432,7 @@ class Storage:
         """
         if limit <= 0:
             return []
-        with self.transaction():
+        with self._write():
             poisoned = self.conn.execute(
                 "SELECT asin, attempts FROM candidates WHERE domain = ? AND attempts >= ? "
                 "AND (claim_owner IS NULL OR claim_expires <= ?)",
@@ -400,7 +463,7 @@ class Storage:
             raise ValueError(f"no claims in table {table!r}")
         if not asins:
             return 0
-        with self.transaction():
+        with self._write():
             cur = self.conn.execute(
                 f"UPDATE {table} SET claim_expires = ? WHERE domain = ? AND claim_owner = ? "
                 f"AND asin IN ({_marks(asins)})",
@@ -419,11 +482,12 @@ class Storage:
         """Give back claims (all of ``owner``'s when ``asins`` is None): they are queued again.
         ``count_attempt=False`` when the work was not tried (a shutdown), not failed."""
         undo = 0 if count_attempt else 1
-        with self.transaction():
+        with self._write():
             if asins is None:
                 cur = self.conn.execute(
                     "UPDATE candidates SET claim_owner = NULL, claim_expires = NULL, "
-                    "attempts = max(attempts - ?, 0) WHERE domain = ? AND claim_owner = ?",
+                    f"attempts = {self._GREATEST}(attempts - ?, 0) "
+                    "WHERE domain = ? AND claim_owner = ?",
                     (undo, domain, owner),
                 )
             elif not asins:
@@ -431,8 +495,8 @@ class Storage:
             else:
                 cur = self.conn.execute(
                     "UPDATE candidates SET claim_owner = NULL, claim_expires = NULL, "
-                    "attempts = max(attempts - ?, 0) WHERE domain = ? AND claim_owner = ? "
-                    f"AND asin IN ({_marks(asins)})",
+                    f"attempts = {self._GREATEST}(attempts - ?, 0) "
+                    f"WHERE domain = ? AND claim_owner = ? AND asin IN ({_marks(asins)})",
                     (undo, domain, owner, *asins),
                 )
             return cur.rowcount
@@ -441,11 +505,12 @@ class Storage:
         """Record rejections and remove those candidates, in one transaction."""
         if not rejections:
             return 0
-        with self.transaction():
+        with self._write():
             self._reject(domain, rejections, now)
         return len(rejections)
 
     def _reject(self, domain: int, rejections: Sequence[Rejection], now: float) -> None:
+        self._lock_asins(domain, [r.asin for r in rejections])
         for r in rejections:
             key = (domain, r.asin)
             self.conn.execute(
@@ -466,7 +531,8 @@ class Storage:
         candidates and any old rejection, in one transaction. ``first_seen`` is kept."""
         if not deals:
             return 0
-        with self.transaction():
+        with self._write():
+            self._lock_asins(domain, [d["asin"] for d in deals])
             for deal in deals:
                 self._upsert_deal(domain, deal, now)
                 key = (domain, deal["asin"])
@@ -496,7 +562,7 @@ class Storage:
         first, for ``ttl_s`` seconds."""
         if limit <= 0:
             return []
-        with self.transaction():
+        with self._write():
             rows = self.conn.execute(
                 "UPDATE deals SET claim_owner = ?, claim_expires = ? WHERE rowid IN "
                 "(SELECT rowid FROM deals WHERE domain = ? AND updated_at <= ? AND "
@@ -514,8 +580,8 @@ class Storage:
             return 0
         updates = ", ".join(f"{f} = ?" for f in DEAL_FIELDS)
         n = 0
-        with self.transaction():
-            for deal in deals:
+        with self._write():
+            for deal in sorted(deals, key=lambda d: str(d["asin"])):  # one lock order
                 # UPDATE, not upsert: a deal dropped meanwhile (an expired claim taken over by
                 # another worker) stays dropped.
                 cur = self.conn.execute(
@@ -531,14 +597,14 @@ class Storage:
         """Delete deals that stopped qualifying and record why, in one transaction."""
         if not rejections:
             return 0
-        with self.transaction():
+        with self._write():
             self._reject(domain, rejections, now)
             self._add_counter("deals_dropped", len(rejections), now)
         return len(rejections)
 
     def release_deals(self, domain: int, owner: str, asins: Sequence[str] | None = None) -> int:
         """Give back refresh claims (all of ``owner``'s when ``asins`` is None)."""
-        with self.transaction():
+        with self._write():
             if asins is None:
                 cur = self.conn.execute(
                     "UPDATE deals SET claim_owner = NULL, claim_expires = NULL "
@@ -557,12 +623,12 @@ class Storage:
 
     def get_deal(self, domain: int, asin: str) -> dict[str, Any] | None:
         with self._lock:
-            rows = list(
-                self.db.query(
-                    "SELECT * FROM deals WHERE domain = ? AND asin = ?", (domain, asin.upper())
-                )
+            cur = self.conn.execute(
+                "SELECT * FROM deals WHERE domain = ? AND asin = ?", (domain, asin.upper())
             )
-        return rows[0] if rows else None
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description]
+        return dict(zip(names, row, strict=True)) if row else None
 
     # --- queries for urgency and status --------------------------------------------------
 
@@ -662,8 +728,45 @@ class Storage:
                 self._add_counter(f"query:{query}:{name}", n, now)
 
     def integrity_check(self) -> str:
+        """``ok``, or what is wrong: SQLite's own check of the file, then the pipeline's rule
+        that an ASIN is in at most one of candidates/deals/rejections."""
         rows = self._read("PRAGMA integrity_check")
-        return "; ".join(str(r[0]) for r in rows)
+        found = "; ".join(str(r[0]) for r in rows)
+        return found if found != "ok" else self._one_table_check()
+
+    def _one_table_check(self) -> str:
+        problems = []
+        for a, b in (
+            ("candidates", "deals"),
+            ("candidates", "rejections"),
+            ("deals", "rejections"),
+        ):
+            n = self._read(
+                f"SELECT count(*) FROM {a} x JOIN {b} y ON x.domain = y.domain AND x.asin = y.asin"
+            )[0][0]
+            if n:
+                problems.append(f"{n} ASINs both in {a} and {b}")
+        return "; ".join(problems) or "ok"
+
+    # --- backend hooks (the PostgreSQL backend overrides these) -----------------------------
+
+    _GREATEST = "max"  # SQLite's two-argument max() is GREATEST elsewhere
+    _COUNTER_SQL = (
+        "INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET "
+        "value = CAST(state.value AS INTEGER) + CAST(excluded.value AS INTEGER), "
+        "updated_at = excluded.updated_at"
+    )
+
+    def _ddl(self, sql: str) -> str:
+        return sql  # the migrations are written for SQLite
+
+    def _lock_for_migration(self) -> None:
+        """Only one process migrates at a time (SQLite: the IMMEDIATE write lock does it)."""
+
+    def _lock_asins(self, domain: int, asins: Sequence[str]) -> None:
+        """Serialize writers of the same ASINs. A no-op on SQLite: ``BEGIN IMMEDIATE`` already
+        lets one writer at a time in."""
 
 
 def _marks(items: Sequence[Any]) -> str:

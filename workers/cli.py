@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
         default=None,
-        metavar="PATH",
-        help="the SQLite database (default: $FLEET_DB, else the worker.db setting)",
+        metavar="PATH|URL",
+        help="the database: an SQLite file or a postgresql:// URL (default: $FLEET_DB, "
+        "else the worker.db setting)",
     )
     parser.add_argument(
         "--id",

@@ -8,6 +8,7 @@ import multiprocessing
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,53 @@ def deal(asin: str, current: int = 1000, **extra: object) -> dict[str, object]:
 
 def table_rows(s: Storage, sql: str) -> list[tuple[object, ...]]:
     return s.conn.execute(sql).fetchall()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    """The tests taking ``storage`` run on both backends (PostgreSQL: a fresh database of the
+    session's own cluster, see tests/pg_support.py)."""
+    if request.param == "sqlite":
+        target = str(tmp_path / "db" / "fleet.db")
+    else:
+        target = request.getfixturevalue("pg_url")
+    s = Storage.open(target)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_postgres_url_selects_the_postgres_backend(pg_url: str) -> None:
+    from common.storage_pg import PostgresStorage
+
+    with Storage.open(pg_url) as s:
+        assert isinstance(s, PostgresStorage) and s.schema_version() == SCHEMA_VERSION
+    with pytest.raises(StorageError, match="not supported"):
+        Storage.open("mysql://x/y")
+
+
+def test_postgres_claims_skip_rows_locked_by_another_claim(pg_url: str) -> None:
+    """FOR UPDATE SKIP LOCKED: a claim does not wait for another open claim and never gets
+    its rows."""
+    with Storage.open(pg_url) as a, Storage.open(pg_url) as b:
+        a.add_candidates(D, asins(10), source="deal", now=T0)
+        with a.transaction():
+            first = a.claim_candidates(D, "a", 5, now=T0, ttl_s=60)
+            second = b.claim_candidates(D, "b", 10, now=T0, ttl_s=60)  # returns at once
+        assert sorted(first + second) == asins(10) and not set(first) & set(second)
+
+
+def test_postgres_connection_loss_is_retried(pg_url: str, pg_cluster: Any) -> None:
+    with Storage.open(pg_url) as s:
+        s.add_candidates(D, asins(3), source="deal", now=T0)
+        with pg_cluster.admin() as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (pg_url.rsplit("/", 1)[1],),
+            )
+        assert len(s.claim_candidates(D, "w", 3, now=T0, ttl_s=60)) == 3
 
 
 # --- opening --------------------------------------------------------------------------
