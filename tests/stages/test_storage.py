@@ -396,3 +396,19 @@ def test_every_seen_asin_is_accounted_for(storage: Storage) -> None:
     )
     assert lost == [(0,)]
     assert storage.integrity_check() == "ok"
+
+
+def test_the_query_that_found_each_asin_is_kept_and_counted(storage: Storage) -> None:
+    """Issue 19's columns on both backends: each candidate names its query; totals per query."""
+    storage.add_candidates(1, ["A1", "A2"], source="deals", now=1.0, query="used-books")
+    storage.add_candidates(1, ["A3"], source="deals", now=1.0, query="toys")
+    assert storage.queries_of("candidates", 1, ["A1", "A3", "ZZ"]) == {
+        "A1": "used-books",
+        "A3": "toys",
+    }
+    totals = storage.query_totals()
+    assert totals["used-books"]["candidates_queued"] == 2
+    assert totals["toys"]["candidates_queued"] == 1
+    storage.add_query_counter("toys", "tokens", 5, now=2.0)
+    storage.add_query_counter("toys", "tokens", 5, now=3.0)
+    assert int(storage.get_state("query:toys:tokens", 0)) == 10
