@@ -12,9 +12,9 @@ from fleet import Fleet
 from support import wait_until
 
 from common.config import load_settings
-from sim.catalog import Catalog
 from gateway.clients import ClientStore
 from gateway.server import Gateway
+from sim.catalog import Catalog
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_huge_body_is_413(fleet_gw) -> None:
 
 @pytest.mark.parametrize("fleet_gw", [50], indirect=True)  # cap 60 x 50 = 3000
 def test_a_call_that_can_never_be_granted_is_400_saying_why(fleet_gw) -> None:
-    fleet, gw = fleet_gw
+    _, gw = fleet_gw
     asins = ",".join(f"B0{i:08d}" for i in range(1, 100))  # 99 x 60 > 3000
     r = requests.get(
         f"{gw.url}/product",
