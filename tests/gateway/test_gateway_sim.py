@@ -19,8 +19,8 @@ from sim.catalog import Catalog
 
 @pytest.fixture
 def fleet_gw(request, processes, tmp_path: Path):
-    rate = getattr(request, "param", 200)
-    fleet = Fleet(processes, tmp_path, refill_rate=rate, refill_period_s=0.5)
+    rate, tokens = getattr(request, "param", (200, None))
+    fleet = Fleet(processes, tmp_path, refill_rate=rate, refill_period_s=0.5, tokens=tokens)
     fleet.start_sim()
     fleet.start_broker()
     old = dict(os.environ)
@@ -97,7 +97,7 @@ def test_huge_body_is_413(fleet_gw) -> None:
     assert r.status_code == 413
 
 
-@pytest.mark.parametrize("fleet_gw", [50], indirect=True)  # cap 60 x 50 = 3000
+@pytest.mark.parametrize("fleet_gw", [(50, None)], indirect=True)  # cap 60 x 50 = 3000
 def test_a_call_that_can_never_be_granted_is_400_saying_why(fleet_gw) -> None:
     _, gw = fleet_gw
     asins = ",".join(f"B0{i:08d}" for i in range(1, 100))  # 99 x 60 > 3000
@@ -108,3 +108,33 @@ def test_a_call_that_can_never_be_granted_is_400_saying_why(fleet_gw) -> None:
     )
     assert r.status_code == 400, r.text
     assert "never" in r.json()["error"]["message"]
+
+
+# An account far below zero: nothing is granted for many refill periods.
+@pytest.mark.parametrize("fleet_gw", [(1, -100000)], indirect=True)
+def test_a_client_that_hangs_up_mid_wait_leaves_no_permit(fleet_gw) -> None:
+    import socket
+
+    fleet, gw = fleet_gw
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    sock.sendall(
+        b"GET /product?key=k&domain=1&asin=B000000001 HTTP/1.1\r\nHost: x\r\n"
+        b"X-Keepa-Fleet-Client: leaver\r\n\r\n"
+    )
+
+    def client() -> dict:
+        s = fleet.status()
+        found = [c for c in (s or {}).get("clients", []) if c["id"] == "gateway/leaver"]
+        return found[0] if found else {}
+
+    wait_until(lambda: client().get("waiting") == 1, 20, message="the request queued")
+    sock.close()
+    wait_until(
+        lambda: (c := client()) and c["waiting"] == 0 and c["permits_held"] == 0,
+        20,
+        message="the request cancelled",
+    )
+    state = fleet.status()
+    assert state is not None and state["permits"]["queued"] == 0
+    assert state["tokens"]["in_flight"] == 0
+    assert gw.counts.get("gone_waiting") == 1
