@@ -21,6 +21,8 @@ metric                                     type      meaning
 ``keepa_fleet_permits_expired_total``      counter   leases expired unsettled
 ``keepa_fleet_permits_rejected_total``     counter   requests rejected
 ``keepa_fleet_tokens_spent_total``         counter   tokensConsumed of settled calls
+``keepa_fleet_client_tokens_spent_total``  counter   of which by client programs (gateway)
+``keepa_fleet_clients{state}``             gauge     client programs (gateway) by state
 ``keepa_fleet_keepa_429_total``            counter   HTTP 429s reported in settles
 ``keepa_fleet_token_syncs_total``          counter   successful /token calls
 ``keepa_fleet_keepa_errors_total``         counter   failed /token calls and error settles
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from broker import states
+from common import protocol
 
 if TYPE_CHECKING:
     from broker.server import Broker
@@ -81,11 +84,15 @@ class BrokerMetrics:
             "expired": counter("permits_expired", "leases expired unsettled"),
             "rejected": counter("permits_rejected", "requests rejected"),
             "spent": counter("tokens_spent", "tokensConsumed of settled calls"),
+            "spent_clients": counter(
+                "client_tokens_spent", "tokensConsumed of calls settled by client programs"
+            ),
             "status_429": counter("keepa_429", "HTTP 429s reported in settles"),
             "token_syncs": counter("token_syncs", "successful /token calls"),
             "errors": counter("keepa_errors", "failed /token calls and error settles"),
         }
         self.kills = counter("kills", "workers killed", ("reason",))
+        self.clients = gauge("clients", "client programs (gateway) by state", ("state",))
         self.bad = counter("bad_messages", "bad messages received", ("code",))
         self.grant_wait = Histogram(
             "keepa_fleet_grant_wait_seconds",
@@ -128,6 +135,7 @@ class BrokerMetrics:
             "expired": permits.get("expired"),
             "rejected": permits.get("rejected"),
             "spent": tokens.get("spent"),
+            "spent_clients": tokens.get("spent_clients"),
             "status_429": keepa.get("status_429"),
             "token_syncs": keepa.get("token_syncs"),
             "errors": keepa.get("errors"),
@@ -141,10 +149,20 @@ class BrokerMetrics:
                     value = figures.get(figure) if isinstance(figures, dict) else None
                     if isinstance(value, int | float):
                         self.query.labels(query=str(qname), figure=figure).set(value)
+        self._update_clients(broker)
         for reason, n in state["kills_by_reason"].items():
             self._advance(f"kill:{reason}", n, self.kills.labels(reason=reason))
         for code, n in list(state["bad_messages"].items())[:MAX_LABEL_VALUES]:
             self._advance(f"bad:{code}", n, self.bad.labels(code=code))
+
+    def _update_clients(self, broker: Broker) -> None:
+        """Client programs by state (the registry's records of ROLE_CLIENT peers)."""
+        counts = dict.fromkeys(states.WORKER_STATES, 0)
+        for rec in broker.registry.records():
+            if rec.role == protocol.ROLE_CLIENT:
+                counts[rec.state] = counts.get(rec.state, 0) + 1
+        for client_state, n in counts.items():
+            self.clients.labels(state=client_state).set(n)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -86,6 +86,9 @@ class WorkerRecord:
     settles: int = 0
     heartbeats: int = 0
     gone_reason: str = ""
+    # Permits delivered to it and when it last settled a call (shown for clients).
+    grants: int = 0
+    last_call_at: float | None = None
 
     @property
     def live(self) -> bool:
@@ -322,6 +325,8 @@ class Registry:
             if now - rec.last_seen >= self.silent_after_s:
                 rec.set_state(states.SILENT, now)  # ALIVE|WAITING -> SILENT
                 out.append((rec, states.KILL_SILENT))
+            elif rec.role == protocol.ROLE_CLIENT:
+                continue  # a client program idles as it likes: never stalled
             elif not is_queued and not rec.waiting and now - rec.progress_at >= self.stall_s:
                 rec.set_state(states.STALLED, now)  # ALIVE -> STALLED
                 out.append((rec, states.KILL_STALLED))
@@ -359,7 +364,7 @@ class Registry:
                 times.append(r.last_sent + self.heartbeat_s)
             if r.state in (states.ALIVE, states.WAITING):
                 times.append(r.last_seen + self.silent_after_s)
-                if r.state == states.ALIVE and not r.waiting:
+                if r.state == states.ALIVE and not r.waiting and r.role != protocol.ROLE_CLIENT:
                     times.append(r.progress_at + self.stall_s)
         return min(times) if times else None
 

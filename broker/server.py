@@ -191,6 +191,7 @@ class Broker:
         self.keepa_errors_by_status: collections.Counter[str] = collections.Counter()
         self.send_failures = 0
         self.tokens_spent = 0
+        self.tokens_spent_clients = 0  # of tokens_spent: by ROLE_CLIENT peers (the gateway's)
         self.pipeline: dict[str, Any] = {}
         self.pipeline_from: str = ""
         self.pipeline_at: float | None = None
@@ -635,12 +636,15 @@ class Broker:
         else:
             log.debug("worker %s settled %s (%s)", rec.worker_id, msg.permit, status)
         rec.settles += 1
+        rec.last_call_at = now
         if envelope is not None and msg.permit not in self._settled_ids:
             self._settled_ids[msg.permit] = None
             if len(self._settled_ids) > MAX_SETTLED_IDS:
                 self._settled_ids.popitem(last=False)
             rec.tokens_spent += envelope.tokens_consumed
             self.tokens_spent += envelope.tokens_consumed
+            if rec.role == protocol.ROLE_CLIENT:
+                self.tokens_spent_clients += envelope.tokens_consumed
 
     def handle_bye(self, peer: Peer, rec: WorkerRecord, msg: protocol.Bye, now: float) -> None:
         self.permits.drop_worker(rec.key, now)
@@ -740,6 +744,7 @@ class Broker:
                 log.info("grant %s could not be delivered: released", permit_id)
                 self.permits.settle(permit_id, None, "not_sent", now)
             else:
+                rec.grants += 1
                 log.debug(
                     "GRANT %s to %s: %d tokens (seq %d)",
                     permit_id,
@@ -846,6 +851,9 @@ class Broker:
         return self.permits.queued_for(key) > 0
 
     def _kill(self, rec: WorkerRecord, reason: str, now: float) -> None:
+        if rec.role == protocol.ROLE_CLIENT:
+            self._forget_client(rec, reason, now)
+            return
         if reason == states.KILL_SILENT:
             why = f"silent for {now - rec.last_seen:.1f} s"
         else:
@@ -858,6 +866,45 @@ class Broker:
         record = self.killer.kill(rec, reason, now)
         if record.done_at is not None:
             self.registry.mark_gone(rec, now, f"not killed ({record.action})")
+
+    def _forget_client(self, rec: WorkerRecord, reason: str, now: float) -> None:
+        """A client program (ROLE_CLIENT) fell silent: never signalled (it is the user's
+        process), only forgotten. Its queued requests are cancelled; its granted permits
+        stay in flight until settled or their lease expires."""
+        log.warning(
+            "client %s (pid %d on %s) is %s for %.1f s: forgotten, not killed",
+            rec.worker_id,
+            rec.pid,
+            rec.host,
+            reason,
+            now - rec.last_seen,
+        )
+        self.permits.drop_worker(rec.key, now)
+        self.registry.mark_gone(rec, now, f"client {reason}")
+
+    def _clients_status(self, now: float) -> list[dict[str, Any]]:
+        """The ROLE_CLIENT peers (gateway clients, permit API scripts): name, state, queued
+        requests, permits delivered and held, tokens spent, age of the last settled call."""
+        held = self.permits.held_by_worker()
+        return [
+            {
+                "id": rec.worker_id,
+                "host": rec.host,
+                "pid": rec.pid,
+                "state": rec.state,
+                "waiting": self.permits.queued_for(rec.key),
+                "granted": rec.grants,
+                "permits_held": held[rec.key],
+                "tokens_spent": rec.tokens_spent,
+                "settles": rec.settles,
+                "last_call_age_s": (
+                    round(now - rec.last_call_at, 3) if rec.last_call_at is not None else None
+                ),
+                "gone_reason": rec.gone_reason,
+            }
+            for rec in self.registry.records()
+            if rec.role == protocol.ROLE_CLIENT
+        ]
 
     # --- draining -----------------------------------------------------------------------
 
@@ -914,6 +961,8 @@ class Broker:
             ),
             "unaccounted": self.ledger.unaccounted,
             "spent": self.tokens_spent,
+            "spent_clients": self.tokens_spent_clients,
+            "spent_workers": self.tokens_spent - self.tokens_spent_clients,
             "max_cost": self.ledger.max_cost(),
             "needs_sync": self.ledger.needs_sync,
         }
@@ -933,6 +982,7 @@ class Broker:
             "workers": self._workers_status(now) if per_worker else [],
             "workers_by_state": self.registry.counts_by_state(),
             "kills": self._kills_status(now) if per_worker else [],
+            "clients": self._clients_status(now) if per_worker else [],
             "kills_by_reason": dict(self.killer.by_reason),
             "kills_by_action": dict(self.killer.by_action),
             "keepa": {

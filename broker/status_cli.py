@@ -167,6 +167,7 @@ def format_status(state: dict[str, Any], address: str = "") -> str:
         )
     lines.append("")
     lines.extend(_workers_table(workers))
+    lines.extend(_clients_lines(state))
     if kills:
         lines.append("")
         lines.append(f"kills ({len(kills)}, newest last):")
@@ -302,3 +303,43 @@ def _duration(value: Any) -> str:
     if hours:
         return f"{hours}:{minutes:02d}:{seconds:02d}"
     return f"{minutes}:{seconds:02d}"
+
+
+# --- other programs on the key (gateway clients, permit API scripts) ---------------------
+
+CLIENT_COLUMNS = (
+    ("CLIENT", "id"),
+    ("STATE", "state"),
+    ("WAITING", "waiting"),
+    ("GRANTED", "granted"),
+    ("IN FLIGHT", "permits_held"),
+    ("SPENT", "tokens_spent"),
+    ("LAST CALL", "last_call_age_s"),
+)
+
+
+def _clients_lines(state: dict[str, Any]) -> list[str]:
+    """A spending line (workers / clients / unaccounted) and a table of the clients, when
+    any client has registered."""
+    clients = state.get("clients") or []
+    if not clients:
+        return []
+    tokens = state.get("tokens") or {}
+    rows = [[h for h, _ in CLIENT_COLUMNS]]
+    for c in clients:
+        row = []
+        for _, key in CLIENT_COLUMNS:
+            value = c.get(key, "")
+            if key == "last_call_age_s":
+                value = _seconds(value) + (" ago" if isinstance(value, int | float) else "")
+            elif key == "state":
+                value = str(value).upper()
+            row.append("" if value is None else str(value))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(CLIENT_COLUMNS))]
+    table = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    spent = (
+        f"spent     workers {tokens.get('spent_workers', 0)}  clients "
+        f"{tokens.get('spent_clients', 0)}  unaccounted {tokens.get('unaccounted', 0)}"
+    )
+    return ["", spent, *table]

@@ -10,6 +10,7 @@ worker      ``workers.cli``          one worker process of the pipeline
 status      ``broker.status_cli``    ask the broker for the live state
 run         ``common.run``           the whole fleet under supervisord, in the foreground
 keys        ``broker.keys``          create CURVE key pairs for non-loopback brokers
+gateway     ``gateway.cli``          Keepa-compatible HTTP gateway for other programs
 ==========  =======================  =================================================
 """
 
@@ -41,6 +42,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("broker.keys", "create CURVE key pairs for a broker on a non-loopback address"),
     "check": ("common.check", "check a Keepa key with /token (free): plan, clock, costs"),
     "queries": ("common.queries_cli", "list and check the deal queries, with their cost an hour"),
+    "gateway": ("gateway.cli", "run the Keepa-compatible HTTP gateway for other programs"),
 }
 
 log = logging.getLogger("keepa_fleet")

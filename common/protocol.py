@@ -55,6 +55,11 @@ VERSION = 1
 # replies is called with a larger limit by the status tool.
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_REPLY_BYTES = 16 * 1024 * 1024
+# HELLO.role of a program on the key that is not a fleet worker: a gateway client (one link
+# per client name) or a user's script through the permit API (gateway.client). The broker
+# never kills or counts stalled such a peer (it only forgets it when it falls silent) and
+# shows its spending apart from the workers'.
+ROLE_CLIENT = "client"
 
 
 @dataclasses.dataclass(frozen=True)
