@@ -207,7 +207,9 @@ def _install(keepa_sync: Any) -> None:
             return
         shim = types.ModuleType("requests")
         shim.__dict__.update(current.__dict__)
-        shim.get = _routed_get(current.get)  # type: ignore[attr-defined]
+        # requests.get looked up at each call, not captured: whoever else patches or wraps
+        # requests later (another tool, a test) still sees the calls of unrouted objects.
+        shim.get = _routed_get(lambda *a, **kw: current.get(*a, **kw))  # type: ignore[attr-defined]
         shim._keepa_fleet_routed = True  # type: ignore[attr-defined]
         keepa_sync.requests = shim
 
