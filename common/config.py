@@ -150,7 +150,14 @@ class WorkerSettings:
     cost_per_product: float = _field(
         5.0, "initial estimate of tokens per product for offers=20", lo=0.1, hi=1000
     )
-    offers: int = _field(20, "offers=N for peeks and commits (20..100)", lo=20, hi=100)
+    offers: int = _field(
+        20, "offers=N for commits (and peeks with peek_offers) (20..100)", lo=20, hi=100
+    )
+    peek_offers: bool = _field(
+        False,
+        "peek with offers=N (6-12 tokens a product) instead of stats only (1 token); "
+        "only for filters that need offer data",
+    )
     stats_days: int = _field(90, "stats=N days", lo=1, hi=3650)
     reconnect_max_s: float = _field(30.0, "cap of the reconnect backoff, seconds", lo=0.1, hi=3600)
 
