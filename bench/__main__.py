@@ -28,6 +28,9 @@ BENCHMARKS: list[ModuleType] = [utilization, capacity, scaling, heartbeats, soak
 from bench import web_deals  # noqa: E402  (issue 15, the dashboard; a line of its own)
 
 BENCHMARKS.append(web_deals)
+from bench import results_per_token  # noqa: E402  (issue 16: results per token)
+
+BENCHMARKS.append(results_per_token)
 OUTPUT = harness.ROOT / "BENCHMARKS.md"
 
 HEADER = """# Benchmarks
