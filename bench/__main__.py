@@ -31,6 +31,9 @@ BENCHMARKS.append(web_deals)
 from bench import results_per_token  # noqa: E402  (issue 16: results per token)
 
 BENCHMARKS.append(results_per_token)
+from bench import proportions  # noqa: E402  (issue 16: Keepa's proportions)
+
+BENCHMARKS.append(proportions)
 OUTPUT = harness.ROOT / "BENCHMARKS.md"
 
 HEADER = """# Benchmarks

@@ -199,6 +199,10 @@ def summarize(
         "calls": sum(int(r.get("calls", 0)) for r in reports),
         "tokens_left_end": int(s1["tokens_left"]),
         "tokens_per_item": _tokens_per_item(spec.side, reports, used, items),
+        # Fleet: every permit's wait, ask -> send (the peer's intervals are 429 sleeps).
+        "permit_waits_ms": [
+            (b - a) * 1000.0 for r in reports if "sends" not in r for a, b in r.get("intervals", [])
+        ],
         "items_per_s": items / ((done_at if finished else t_end) - t_go),
     }
     if broker_state is not None:
