@@ -34,6 +34,9 @@ BENCHMARKS.append(results_per_token)
 from bench import proportions  # noqa: E402  (issue 16: Keepa's proportions)
 
 BENCHMARKS.append(proportions)
+from bench import keepa_step  # noqa: E402  (issue 16: the peer at Keepa's step)
+
+BENCHMARKS.append(keepa_step)
 OUTPUT = harness.ROOT / "BENCHMARKS.md"
 
 HEADER = """# Benchmarks

@@ -69,10 +69,15 @@ def run(profile: str, log_dir: Path) -> str:
 
 
 def _run_side(
-    p: Params, side: str, log_dir: Path, preload: list[str] | None = None
+    p: Params,
+    side: str,
+    log_dir: Path,
+    preload: list[str] | None = None,
+    limit_steps: int | None = None,
 ) -> dict[str, Any]:
     """One side's run: every stage for ``p.steps`` steps, or with ``preload`` the ingest
-    stage alone on those candidates until none is left (at most 4 × ``p.steps``)."""
+    stage alone on those candidates until none is left (at most ``limit_steps``, default
+    4 × ``p.steps``). The account starts empty."""
     log_dir.mkdir(parents=True)
     db = log_dir / "fleet.db"
     if preload:
@@ -110,7 +115,9 @@ def _run_side(
                 h.fleet_command("worker", "--id", f"w{i}", "--role", role, "--db", str(db)),
                 env=env,
             )
-        run_s = p.steps * p.refill_period_s * (4 if preload else 1)
+        if limit_steps is None:
+            limit_steps = 4 * p.steps if preload else p.steps
+        run_s = limit_steps * p.refill_period_s
         deadline = started + run_s
         next_line = started
         while time.monotonic() < deadline:
@@ -129,6 +136,12 @@ def _run_side(
         procs.stop_all()
     verdicts = _verdicts(db)
     return {"state": state, "elapsed_s": elapsed_s, "verdicts": verdicts}
+
+
+def run_fleet_on(p: Params, asins: list[str], log_dir: Path, limit_steps: int) -> dict[str, Any]:
+    """The stats-peek pipeline (ingest only) on a queue of ``asins``: state, time,
+    verdicts (for benchmark 8)."""
+    return _run_side(p, SIDES[0], log_dir, preload=asins, limit_steps=limit_steps)
 
 
 def _waiting(db: Path) -> int:

@@ -18,13 +18,14 @@ from typing import Any
 
 from bench import backlog
 from bench import harness as h
+from common.config import BrokerSettings
 
 NAME = "utilization"
 TITLE = "1. Token utilization, fleet vs peer"
 
 GOAL_UTILIZATION = 0.99
 GOAL_R2F_MEDIAN_MS = 20.0
-MAX_DEFICIT = 0  # the broker's default broker.max_deficit
+MAX_DEFICIT = BrokerSettings().max_deficit  # the broker's default
 # The keepa package's 429 wait assumes Keepa's 60 s refill step (see the notes it prints).
 KEEPA_STEP_S = 60.0
 SEED = 1  # repeat r runs on seed SEED + r: both sides meet the same latencies

@@ -102,6 +102,8 @@ log = logging.getLogger(__name__)
 REFILL_PERIOD_S = 60.0  # Keepa's refill step; tests and the simulator shorten it
 SOFT_FLOOR = 20
 RESUME_AT = 60
+# Strict by default for a Ledger built by hand (tests); the fleet's setting
+# broker.max_deficit (common/config.py, 240) is what a broker is built with.
 MAX_DEFICIT = 0
 CAP_MINUTES = 60  # unused tokens expire after an hour: cap = 60 x refill rate
 # How far Keepa's clock may disagree with itself before an observation is treated as bogus.

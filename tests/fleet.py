@@ -16,7 +16,9 @@ import requests
 from support import Processes, fleet_command, free_port, wait_until
 
 from broker.status_cli import fetch_status
-from common.config import SIM_DEMO_KEY
+from common.config import SIM_DEMO_KEY, BrokerSettings
+
+MAX_DEFICIT = BrokerSettings().max_deficit
 
 FAST_ENV = {
     "FLEET_BROKER_HEARTBEAT_S": "0.2",
@@ -222,7 +224,7 @@ class Fleet:
 
     # --- invariants ---------------------------------------------------------------------
 
-    def check_invariants(self, *, max_deficit: int = 0) -> dict[str, Any]:
+    def check_invariants(self, *, max_deficit: int = MAX_DEFICIT) -> dict[str, Any]:
         """What must hold after any run: no 429 caused by the fleet, the balance never below
         -max_deficit, a sound database in which every candidate is accounted for."""
         sim = self.sim_state()

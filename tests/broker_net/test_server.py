@@ -13,6 +13,9 @@ from support import wait_until
 
 from broker.server import HANDLERS, Broker
 from common import protocol
+from common.config import BrokerSettings
+
+MAX_COST = 1200 + BrokerSettings().max_deficit  # the fake account's cap (rate 20) + the deficit
 
 
 def test_every_handler_exists() -> None:
@@ -28,8 +31,8 @@ def test_hello_welcome(serve: Callable[..., Broker], peers: Callable[..., Peer])
     assert welcome.liveness == 50
     assert welcome.lease_ttl_s == pytest.approx(42.0)
     assert welcome.broker_id == status(broker.address)["broker_id"]
-    # The fake account: refill rate 20 -> cap 1200 (+ max_deficit 0).
-    assert welcome.max_cost == 1200
+    # The fake account: refill rate 20 -> cap 1200, + broker.max_deficit.
+    assert welcome.max_cost == MAX_COST
     w = worker_status(broker.address, "w1")
     assert w is not None and w["state"] == "alive" and w["pid"] == 4242
 
@@ -39,7 +42,7 @@ def test_heartbeats_both_ways(serve: Callable[..., Broker], peers: Callable[...,
     peer = peers(broker.address)
     peer.hello("w1")
     hb = peer.expect(protocol.Heartbeat)  # the broker heartbeats an idle worker
-    assert hb.info["max_cost"] == 1200
+    assert hb.info["max_cost"] == MAX_COST
     pipeline = {"candidates_waiting": 7, "deals_live": 3, "deals_committed": 2}
     peer.send(
         protocol.Heartbeat(
@@ -214,7 +217,7 @@ def test_nonsense_requests_are_rejected(
     reject = peer.expect(protocol.Reject)
     assert reject.reason == reason
     if reason == "too_large":
-        assert reject.max_cost == welcome.max_cost == 1200
+        assert reject.max_cost == welcome.max_cost == MAX_COST
 
 
 def test_settles_count_429s_and_errors(

@@ -12,7 +12,7 @@ cost estimate cannot be what overdraws it: the balance checks are sharp.
 The invariants (``check``), after every scenario:
 
 * no 429: ``status_429 == 0`` at the simulator;
-* the balance never below ``-max_deficit`` (0): ``min_tokens_left >= 0``;
+* the balance never below ``-max_deficit`` (the default): ``min_tokens_left >= -240``;
 * ``PRAGMA integrity_check`` is ``ok`` and every ASIN ever queued is a deal, a rejection or
   still a candidate;
 * reconciled: at a quiet moment (nothing in flight, no cost assumed, the simulator's counter
@@ -218,7 +218,7 @@ def reconcile(fleet: Fleet) -> Figures:
 
 def check(fleet: Fleet) -> Figures:
     """Every invariant (module docstring); returns the reconciliation figures."""
-    fleet.check_invariants(max_deficit=0)
+    fleet.check_invariants()
     return reconcile(fleet)
 
 
