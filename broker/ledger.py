@@ -288,6 +288,14 @@ class Ledger:
     def available(self, now: float) -> int:
         return self.projected(now) - self._in_flight_total
 
+    def spare(self, now: float) -> int:
+        """Tokens the next refill step would push over the cap, which Keepa drops: what an
+        idle fleet loses unless it spends them before that step (0 when it would not).
+        Tokens in flight count as spent, so this never overstates what is there to lose."""
+        if self._obs is None or self.refill_rate <= 0:
+            return 0
+        return max(0, self.available(now) + self.refill_rate - self.cap)
+
     def next_refill_at(self, now: float) -> float | None:
         """The first projected refill step after ``now`` (None before any observation)."""
         if self._obs is None:

@@ -43,6 +43,7 @@ def test_heartbeats_both_ways(serve: Callable[..., Broker], peers: Callable[...,
     peer.hello("w1")
     hb = peer.expect(protocol.Heartbeat)  # the broker heartbeats an idle worker
     assert hb.info["max_cost"] == MAX_COST
+    assert hb.info["spare"] == 0  # 1000 + 20 at the next refill: below the cap, nothing lost
     pipeline = {"candidates_waiting": 7, "deals_live": 3, "deals_committed": 2}
     peer.send(
         protocol.Heartbeat(
@@ -379,3 +380,18 @@ def test_a_gap_in_observations_brings_a_sync(
         10,
         message="syncs after each gap",
     )
+
+
+def test_heartbeats_tell_idle_workers_what_the_cap_would_drop(
+    serve: Callable[..., Broker], peers: Callable[..., Peer], fake_keepa: FakeKeepa
+) -> None:
+    fake_keepa.tokens_left = 1195  # cap 1200: the next refill of 20 would lose 15
+    broker = serve()
+    peer = peers(broker.address)
+    peer.hello("w1")
+    assert peer.expect(protocol.Heartbeat).info["spare"] == 15
+    # A request waiting for tokens will use them: nothing is spare while one waits.
+    peer.send(protocol.Request(seq=1, cost=MAX_COST))
+    # (A heartbeat already on its way may predate the request: the next ones follow it.)
+    seen = [peer.expect(protocol.Heartbeat).info["spare"] for _ in range(3)]
+    assert seen[-1] == 0 and seen[1:] == [0, 0], seen

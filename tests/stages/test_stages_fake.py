@@ -18,7 +18,7 @@ from stages.stage_support import (
 
 from common.errors import BrokerUnavailable, KeepaServerError
 from common.storage import MAX_CLAIM_ATTEMPTS, Storage
-from workers.stages import build_stages
+from workers.stages import PRIORITY_SPARE, URGENCY_SPARE, build_stages
 from workers.stages.deals import Scan
 
 T0 = 1_700_000_000.0
@@ -246,6 +246,36 @@ def test_refresh_rewrites_or_drops_deals(storage: Storage) -> None:
     t = storage.totals(later)
     assert t["deals_live"] == 2 and t["deals_dropped"] == 4 and t["deals_claimed"] == 0
     assert refresh.urgency(later) == 0
+
+
+def test_tokens_the_cap_would_drop_refresh_deals_early(storage: Storage) -> None:
+    """Use it or lose it: deals not due yet are refreshed on the broker's spare tokens, the
+    stalest first, no more than the spare pays for, after all other work (lowest priority)."""
+    asins = [asin(i) for i in range(6)]
+    keepa = FakeKeepa({a: product(a) for a in asins})
+    permits, clock = FakePermits(), Clock(T0)
+    storage.add_candidates(D, asins, source="test", now=T0)
+    assert stage("ingest", storage, keepa, permits, clock).run_once(T0) == 6
+    worker = {"refresh_after_s": 600.0, "refresh_batch": 50}
+    refresh = stage("refresh", storage, keepa, permits, clock, worker=worker)
+
+    later = T0 + 120  # not due (600 s), but older than a tenth of the period
+    clock.now = later
+    assert refresh.urgency(later) == 0  # no spare: nothing to do
+    permits.spare_tokens = 4
+    assert refresh.urgency(later) == URGENCY_SPARE
+    calls_before = len(keepa.product_calls)
+    assert refresh.run_once(later) == 4  # the spare pays for 4 (1 token each)
+    assert len(keepa.product_calls) == calls_before + 1
+    assert permits.granted[-1] == 4 and permits.priorities[-1] == PRIORITY_SPARE
+    assert storage.totals(later)["deals_live"] == 6  # refreshed, still deals
+    # Just refreshed: not again; the two left still are.
+    assert refresh.urgency(later) == URGENCY_SPARE
+    assert refresh.run_once(later) == 2
+    assert refresh.urgency(later) == 0  # every deal updated just now
+    # Too recent for an early refresh: a deal updated 30 s ago waits (a tenth of 600 is 60).
+    clock.now = later + 30
+    assert refresh.urgency(later + 30) == 0
 
 
 def test_refresh_and_ingest_urgencies_stay_balanced(storage: Storage) -> None:
