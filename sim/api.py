@@ -37,7 +37,7 @@ from sim.catalog import (
     Catalog,
     Profile,
 )
-from sim.deals import DealFeed, parse_selection
+from sim.deals import DEAL_CACHE_S, DealFeed, parse_selection
 from sim.faults import DEFAULT_DELAY_S, KINDS, FaultHit, Faults, normalize_path
 from sim.params import (
     ApiError,
@@ -142,6 +142,7 @@ class KeepaSim:
         offer_fail_rate: float = 0.0,
         clock: Callable[[], float] = time.time,
         strict_offer_cap: bool = False,
+        deal_cache_s: float = DEAL_CACHE_S,
     ) -> None:
         if refill_rate < 1:
             raise ValueError("refill_rate must be >= 1")
@@ -163,7 +164,7 @@ class KeepaSim:
         self.offer_fail_rate = offer_fail_rate
         self.clock = clock
         self.catalog = Catalog(seed, catalog_size, deal_interval_s)
-        self.feed = DealFeed(self.catalog)
+        self.feed = DealFeed(self.catalog, deal_cache_s)
         self.accounts = Accounts(
             refill_rate=refill_rate, refill_period_s=refill_period_s, tokens=tokens
         )
@@ -378,10 +379,12 @@ class KeepaSim:
         self._charge(account, now, DEAL_COST)
         with self._offer_lock:
             self.deal_selections.append(selection)
-        deals = self.feed.page(q, now)
+        deals, cached = self.feed.query_page(q, now)
         return Outcome(
             200,
-            {"deals": deals, "dealsCached": False},  # top-level on Keepa (recorded)
+            # dealsCached is top-level on Keepa (recorded); here: the page came from the
+            # result of an identical query made less than deal_cache_s ago.
+            {"deals": deals, "dealsCached": cached},
             account,
             consumed=DEAL_COST,
             latency_s=DEAL_LATENCY_S * self.latency_scale,

@@ -21,6 +21,7 @@ from typing import Any
 from common.config import SECTIONS, env_name, load_settings
 from sim.account import CAP_STEPS
 from sim.catalog import DEFAULT_CATALOG_SIZE, DEFAULT_DEAL_INTERVAL_S
+from sim.deals import DEAL_CACHE_S
 from sim.server import SimServer, is_loopback
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a new deal every S seconds on average (default: {DEFAULT_DEAL_INTERVAL_S:g})",
     )
     parser.add_argument(
+        "--deal-cache",
+        type=_number(float, 0.0, 3600.0),
+        default=DEAL_CACHE_S,
+        metavar="S",
+        help="seconds a deal query's result is reused by identical queries (any page), as "
+        f"Keepa caches it; 0 = no cache (default: {DEAL_CACHE_S:g})",
+    )
+    parser.add_argument(
         "--log-every",
         type=_number(float, 0.1, 86_400.0),
         default=LOG_EVERY_S,
@@ -203,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         deal_interval_s=args.deal_interval,
         offer_fail_rate=args.offer_fail_rate,
         strict_offer_cap=args.strict_offer_cap,
+        deal_cache_s=args.deal_cache,
     )
     try:
         server.start()
