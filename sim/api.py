@@ -6,11 +6,11 @@ builds the payload — and returns an ``Outcome`` saying how long to wait before
 The HTTP layer waits (holding no lock), then calls ``KeepaSim.respond``, which adds the token
 envelope as of the moment of sending. The admin API (``/_sim/...``) is ``KeepaSim.admin``.
 
-Costs (KEEPA_API.md): ``/token`` 0; ``/deal`` 5 a page; ``/product`` per product *found*
+Costs (docs/KEEPA.md): ``/token`` 0; ``/deal`` 5 a page; ``/product`` per product *found*
 (unknown ASINs cost nothing): 1, or with ``offers=N`` 6 per found page of up to 10 offers
 instead — the pages requested are ``ceil(N / 10)``, the pages found ``ceil(offers / 10)``
-but at least 1, since the first page is always fetched even when it turns out empty (so a
-product without offers costs 6; one whose offer refresh fails costs 1); ``buybox=1`` +2
+but at least 1; a product whose offer refresh found no offer costs 5 (one transcription of
+Keepa's docs), one whose offer refresh fails 1; ``buybox=1`` +2
 (not with ``offers``); ``rating=1`` +1 for a product that has rating data ("up to +1").
 """
 
@@ -121,7 +121,8 @@ def latency_s(seq: int, seed: int, n_asins: int, n_found: int, offers: bool) -> 
 
 
 def offer_pages(offers: int, n_offers: int) -> int:
-    """Pages charged for ``offers=N`` on a product with ``n_offers`` new offers."""
+    """Pages charged for ``offers=N`` on a product with ``n_offers`` new offers (one or more;
+    a product without offers costs ``NO_OFFERS_COST`` instead)."""
     requested = math.ceil(offers / OFFERS_PER_PAGE)
     return max(1, min(requested, math.ceil(n_offers / OFFERS_PER_PAGE)))
 
@@ -271,10 +272,8 @@ class KeepaSim:
             raise rejected("offers=0 is not allowed")
         if offers is not None and 1 <= offers < OFFERS_MIN:
             # Recorded: HTTP 200 with an error object, no products, nothing charged.
-            body = {
-                "error": {"type": "invalidParameter", "message": OFFERS_TOO_FEW, "details": None}
-            }
-            return Outcome(200, body, account)
+            error = {"type": "invalidParameter", "message": OFFERS_TOO_FEW, "details": None}
+            return Outcome(200, {"error": error}, account)
         if offers is not None:
             check_range("offers", offers, OFFERS_MIN, OFFERS_MAX)
             n_distinct = len(set(asins))

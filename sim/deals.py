@@ -6,7 +6,7 @@ last update, which the dip start itself counts as (so every deal is shown with i
 Listed are only products whose figures for the selected price type dropped below their
 average over the selected date range, updated in the last 12 hours.
 
-``selection`` keys (KEEPA_API.md; others are ignored): ``page`` (0-based, 150 a page),
+``selection`` keys (docs/KEEPA.md; others are ignored): ``page`` (0-based, 150 a page),
 ``domainId`` (required), ``priceTypes`` (required, exactly one), ``dateRange`` (0 day = the
 last 48 h as Keepa computes it, 1 week, 2 month, 3 90 days), ``sortType`` (1 deal age newest
 first, 2 absolute delta, 3 sales rank, 4 percentage delta; negative inverts; default 1), and the
@@ -18,6 +18,9 @@ filters ``currentRange``, ``deltaRange``, ``deltaPercentRange`` (on the size of 
 dropped; sort 2 and 4 put the highest (the biggest drop) first; sort 1 is not invertible (-1 is
 405). Range options apply only with ``isRangeEnabled``, ``hasReviews`` and the Amazon-offer
 filters only with ``isFilterEnabled`` (silently ignored otherwise); paging reaches 10,000 deals.
+``DealFeed.query_page`` is Keepa's deal cache: identical queries (any ``page``) within
+``cache_s`` (120 s) page through the result computed at the first, and say so
+(``dealsCached``).
 
 ``stale_s`` (admin ``/_sim/feed``) freezes the feed that many seconds in
 the past: every deal is then at least that old.

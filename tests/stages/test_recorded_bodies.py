@@ -23,7 +23,7 @@ from common.keepa import KeepaClient, KeepaResponse, TokenEnvelope
 from common.storage import Storage
 from sim.server import SimServer
 from workers.filters import PRICE_USED, facts
-from workers.stages import build_stages, judge
+from workers.stages import build_stages, judge, products_of
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "keepa-real"
 NEW, WAREHOUSE = 1, 9
@@ -52,7 +52,7 @@ class RecordedDeals:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 query = parse_qs(urlsplit(self.path).query)
                 selection = json.loads(query["selection"][0])
                 outer.selections.append(selection)
@@ -93,7 +93,9 @@ def test_every_recorded_deal_becomes_a_candidate(
     assert len(recorded) == len(set(recorded)) == 150
     client = KeepaClient(recorded_deals.url, "recorded-key-0001")
     permits = FakePermits()
-    (deals,) = build_stages("deals", make_settings(worker={"ingest_batch": 50}), client, permits, storage)
+    (deals,) = build_stages(
+        "deals", make_settings(worker={"ingest_batch": 50}), client, permits, storage
+    )
     try:
         now = deals.ctx.clock()
         assert deals.run_once(now) == 150  # page 0: the recorded page, all of it read
@@ -125,6 +127,8 @@ def test_an_invalid_product_is_not_found_and_a_variation_parent_its_own_reason()
     ]
     _, rejected = judge(["B000000001", "B000000002"], response(body), FilterSettings())
     assert [r.reason for r in rejected] == ["not_found", "variation_parent"]
+    # What the cost model counts as found (tokens per found product): never an INVALID one.
+    assert list(products_of(response(body))) == ["B000000002"]
 
 
 def test_live_offers_are_read_through_live_offers_order() -> None:
