@@ -293,6 +293,11 @@ class DealFeed:
         avgs = [cat.averages(c.profile, c.data_time, days) for days in DATE_RANGE_DAYS]
         delta = [_deltas(c.current, a) for a in avgs]
         delta_pct = [_percents(d, a) for d, a in zip(delta, avgs, strict=True)]
+        # Deal.java: deltaLast is the difference of the current and the previous value, the
+        # other way round from delta (negative = dropped); the previous value is the one just
+        # before the dip began.
+        before = cat.values(c.profile, c.dip.start - 1.0)
+        delta_last = [-d for d in _deltas(c.current, before)]
         return {
             "asin": c.profile.asin,
             "title": c.profile.title,
@@ -302,6 +307,7 @@ class DealFeed:
             "avg": avgs,
             "delta": delta,
             "deltaPercent": delta_pct,
+            "deltaLast": delta_last,
             "creationDate": keepa_minute(c.dip.start),
             "lastUpdate": keepa_minute(c.data_time),
         }

@@ -162,6 +162,22 @@ def test_deals_cached_is_sent_over_http(sim):
     assert again["deals"] == first["deals"] and again["tokensConsumed"] == 5  # still charged
 
 
+def test_category_summary_and_delta_last(sim):
+    """The deal page's ``categoryIds``/``categoryNames``/``categoryCount`` (recorded) sum up
+    the page's root categories; ``deltaLast`` (Deal.java) is current minus the previous value:
+    negative for the dip that made the deal, the other way round from ``delta``."""
+    deals = sim.deal(selection()).json()["deals"]
+    ids, names, counts = deals["categoryIds"], deals["categoryNames"], deals["categoryCount"]
+    assert len(ids) == len(names) == len(counts) and all(isinstance(n, str) for n in names)
+    roots: dict[int, int] = {}
+    for d in deals["dr"]:
+        roots[d["rootCat"]] = roots.get(d["rootCat"], 0) + 1
+    assert dict(zip(ids, counts, strict=True)) == roots
+    for d in deals["dr"]:
+        assert len(d["deltaLast"]) == N_TYPES
+        assert d["deltaLast"][1] < 0 < d["delta"][1][1], d["asin"]
+
+
 @pytest.mark.parametrize(
     ("sel", "status"),
     [

@@ -27,7 +27,7 @@ STATS_FIELDS = ("current", "avg", "avg30", "avg90", "avg180", "min", "max", "tot
 STATS_FIELDS += ("minInInterval", "maxInInterval")
 OFFER_FIELDS = ("offers", "liveOffersOrder", "offersSuccessful")
 DEAL_FIELDS = ("asin", "title", "rootCat", "current", "delta", "deltaPercent", "avg")
-DEAL_FIELDS += ("creationDate", "lastUpdate", "categories")
+DEAL_FIELDS += ("creationDate", "lastUpdate", "categories", "deltaLast")
 
 
 def load(name: str) -> Any:
