@@ -6,11 +6,11 @@ builds the payload — and returns an ``Outcome`` saying how long to wait before
 The HTTP layer waits (holding no lock), then calls ``KeepaSim.respond``, which adds the token
 envelope as of the moment of sending. The admin API (``/_sim/...``) is ``KeepaSim.admin``.
 
-Costs (KEEPA_API.md): ``/token`` 0; ``/deal`` 5 a page; ``/product`` per product *found*
+Costs (docs/KEEPA.md): ``/token`` 0; ``/deal`` 5 a page; ``/product`` per product *found*
 (unknown ASINs cost nothing): 1, or with ``offers=N`` 6 per found page of up to 10 offers
 instead — the pages requested are ``ceil(N / 10)``, the pages found ``ceil(offers / 10)``
-but at least 1, since the first page is always fetched even when it turns out empty (so a
-product without offers costs 6; one whose offer refresh fails costs 1); ``buybox=1`` +2
+but at least 1; a product whose offer refresh found no offer costs 5 (one transcription of
+Keepa's docs), one whose offer refresh fails 1; ``buybox=1`` +2
 (not with ``offers``); ``rating=1`` +1 for a product that has rating data ("up to +1").
 """
 
@@ -37,7 +37,7 @@ from sim.catalog import (
     Catalog,
     Profile,
 )
-from sim.deals import DealFeed, parse_selection
+from sim.deals import DEAL_CACHE_S, DealFeed, parse_selection
 from sim.faults import DEFAULT_DELAY_S, KINDS, FaultHit, Faults, normalize_path
 from sim.params import (
     ApiError,
@@ -121,7 +121,8 @@ def latency_s(seq: int, seed: int, n_asins: int, n_found: int, offers: bool) -> 
 
 
 def offer_pages(offers: int, n_offers: int) -> int:
-    """Pages charged for ``offers=N`` on a product with ``n_offers`` new offers."""
+    """Pages charged for ``offers=N`` on a product with ``n_offers`` new offers (one or more;
+    a product without offers costs ``NO_OFFERS_COST`` instead)."""
     requested = math.ceil(offers / OFFERS_PER_PAGE)
     return max(1, min(requested, math.ceil(n_offers / OFFERS_PER_PAGE)))
 
@@ -142,6 +143,7 @@ class KeepaSim:
         offer_fail_rate: float = 0.0,
         clock: Callable[[], float] = time.time,
         strict_offer_cap: bool = False,
+        deal_cache_s: float = DEAL_CACHE_S,
     ) -> None:
         if refill_rate < 1:
             raise ValueError("refill_rate must be >= 1")
@@ -163,7 +165,7 @@ class KeepaSim:
         self.offer_fail_rate = offer_fail_rate
         self.clock = clock
         self.catalog = Catalog(seed, catalog_size, deal_interval_s)
-        self.feed = DealFeed(self.catalog)
+        self.feed = DealFeed(self.catalog, deal_cache_s)
         self.accounts = Accounts(
             refill_rate=refill_rate, refill_period_s=refill_period_s, tokens=tokens
         )
@@ -270,10 +272,8 @@ class KeepaSim:
             raise rejected("offers=0 is not allowed")
         if offers is not None and 1 <= offers < OFFERS_MIN:
             # Recorded: HTTP 200 with an error object, no products, nothing charged.
-            body = {
-                "error": {"type": "invalidParameter", "message": OFFERS_TOO_FEW, "details": None}
-            }
-            return Outcome(200, body, account)
+            error = {"type": "invalidParameter", "message": OFFERS_TOO_FEW, "details": None}
+            return Outcome(200, {"error": error}, account)
         if offers is not None:
             check_range("offers", offers, OFFERS_MIN, OFFERS_MAX)
             n_distinct = len(set(asins))
@@ -378,10 +378,12 @@ class KeepaSim:
         self._charge(account, now, DEAL_COST)
         with self._offer_lock:
             self.deal_selections.append(selection)
-        deals = self.feed.page(q, now)
+        deals, cached = self.feed.query_page(q, now)
         return Outcome(
             200,
-            {"deals": deals, "dealsCached": False},  # top-level on Keepa (recorded)
+            # dealsCached is top-level on Keepa (recorded); here: the page came from the
+            # result of an identical query made less than deal_cache_s ago.
+            {"deals": deals, "dealsCached": cached},
             account,
             consumed=DEAL_COST,
             latency_s=DEAL_LATENCY_S * self.latency_scale,

@@ -51,10 +51,15 @@ UPDATE_EVERY_MAX_S = 20 * HOUR_S
 HISTORY_DAYS = 90
 HISTORY_STEP_S = 2 * DAY_S
 HISTORY_SAMPLES = int(HISTORY_DAYS * DAY_S // HISTORY_STEP_S)
-MINMAX_SAMPLES = 24
+HISTORICAL_OFFERS_MAX = 4  # offers no longer listed that ``offers`` still returns
+MINUTES_PER_DAY = 1440
+CONDITION_NEW = 1
+USED_CONDITIONS = (2, 3, 4, 5)  # used: like new, very good, good, acceptable (Offer.java)
+MINMAX_SAMPLES = 24  # samples of the stats interval (minInInterval, maxInInterval)
+ALL_TIME_SAMPLES = 48  # samples since trackingSince (min, max: all-time)
 PROFILE_CACHE = 65_536
 
-# Price types (csv and stats indices, KEEPA_API.md "Data conventions").
+# Price types (csv and stats indices, docs/KEEPA.md).
 AMAZON = 0
 NEW = 1
 USED = 2
@@ -109,6 +114,25 @@ _NOUNS = (
     "Air Fryer", "Yoga Mat", "Cookware Set", "Phone Case", "Dog Bed", "Board Game", "Kettle",
     "Tent", "Vacuum", "Monitor Arm", "Toothbrush", "Car Charger", "Storage Bins",
 )  # fmt: skip
+
+
+def _extremes(
+    samples: list[tuple[float, list[int]]], skip: list[int]
+) -> tuple[list[list[int] | None], list[list[int] | None]]:
+    """The lowest and highest value of each price type over ``samples`` as ``[keepa_minute,
+    value]`` (the latest time on a tie), None where a type has no value >= 0."""
+    lows: list[list[int] | None] = [None] * N_TYPES
+    highs: list[list[int] | None] = [None] * N_TYPES
+    for ptype in range(N_TYPES):
+        if ptype in skip:
+            continue
+        seen = [(vals[ptype], st) for st, vals in samples if vals[ptype] >= 0]
+        if seen:
+            lo = min(seen, key=lambda x: (x[0], -x[1]))
+            hi = max(seen, key=lambda x: (x[0], x[1]))
+            lows[ptype] = [keepa_minute(lo[1]), lo[0]]
+            highs[ptype] = [keepa_minute(hi[1]), hi[0]]
+    return lows, highs
 
 
 def keepa_minute(unix_s: float) -> int:
@@ -487,9 +511,13 @@ class Catalog:
         if offers_returned is not None:
             obj["offersSuccessful"] = offers_ok
             obj["lastOffersUpdate"] = keepa_minute(data_time) if offers_ok else -1
-            offers = self._offers(p, data_time, current, offers_returned) if offers_ok else []
+            offers, live = (
+                self._offers(p, data_time, current, offers_returned) if offers_ok else ([], [])
+            )
             obj["offers"] = offers
-            obj["liveOffersOrder"] = list(range(len(offers)))
+            obj["liveOffersOrder"] = live
+            if "stats" in obj:
+                obj["stats"]["retrievedOfferCount"] = len(offers)
         if rating:
             obj["lastRatingUpdate"] = keepa_minute(data_time)
         return obj
@@ -551,18 +579,23 @@ class Catalog:
         current: list[int],
         offers_returned: int | None,
     ) -> dict[str, Any]:
-        samples = [*self._samples(p, t, days * DAY_S, MINMAX_SAMPLES), (t, current)]
-        lows: list[list[int] | None] = [None] * N_TYPES
-        highs: list[list[int] | None] = [None] * N_TYPES
+        """Keepa's ``stats`` object (StatsObject.java / Stats.java): ``current``, the averages,
+        ``min``/``max`` all-time (since ``trackingSince``) and ``minInInterval``/
+        ``maxInInterval`` over the last ``days``: ``[keepa_minute, value]`` per price type,
+        null for a type without any data, ``[-1, -1]`` for one without data in the interval."""
+        interval = [*self._samples(p, t, days * DAY_S, MINMAX_SAMPLES), (t, current)]
+        span = max(days * DAY_S, t - p.tracking_since_s)
+        all_time = [*self._samples(p, t, span, ALL_TIME_SAMPLES), *interval]
+        skip = [
+            ptype
+            for ptype in (RATING, COUNT_REVIEWS, BUY_BOX_SHIPPING, NEW_FBA)
+            if current[ptype] < 0  # extra data not asked for
+        ]
+        low, high = _extremes(all_time, skip)
+        low_in, high_in = _extremes(interval, skip)
         for ptype in range(N_TYPES):
-            if current[ptype] < 0 and ptype in (RATING, COUNT_REVIEWS, BUY_BOX_SHIPPING, NEW_FBA):
-                continue
-            seen = [(vals[ptype], st) for st, vals in samples if vals[ptype] >= 0]
-            if seen:
-                lo = min(seen, key=lambda x: (x[0], -x[1]))
-                hi = max(seen, key=lambda x: (x[0], x[1]))
-                lows[ptype] = [keepa_minute(lo[1]), lo[0]]
-                highs[ptype] = [keepa_minute(hi[1]), hi[0]]
+            if low[ptype] is not None and low_in[ptype] is None:
+                low_in[ptype] = high_in[ptype] = [-1, -1]  # data, but none in the interval
 
         hidden = [i for i in (RATING, COUNT_REVIEWS, NEW_FBA) if current[i] < 0]  # not asked for
 
@@ -571,16 +604,20 @@ class Catalog:
                 values[i] = -1
             return values
 
-        n_new, _ = self.offer_counts(p, t)
+        n_new, n_used = self.offer_counts(p, t)
         return {
             "current": current,
             "avg": masked(self.averages(p, t, days)),
             "avg30": masked(self.averages(p, t, 30)),
             "avg90": masked(self.averages(p, t, 90)),
             "avg180": masked(self.averages(p, t, 180)),
-            "min": lows,
-            "max": highs,
-            "totalOfferCount": n_new if offers_returned is not None else -1,
+            "min": low,
+            "max": high,
+            "minInInterval": low_in,
+            "maxInInterval": high_in,
+            # Stats.java: the number of offers of all conditions (new and used here); the
+            # new-offer count is csv/current COUNT_NEW (11).
+            "totalOfferCount": n_new + n_used,
             "lastOffersUpdate": keepa_minute(t) if offers_returned is not None else -1,
             "statsDays": days,
         }
@@ -593,13 +630,28 @@ class Catalog:
             chars.append(ASIN_DIGITS[d])
         return "A" + "".join(chars)
 
-    def _offers(self, p: Profile, t: float, current: list[int], count: int) -> list[dict[str, Any]]:
-        lowest = current[NEW]
-        if lowest < 0:
-            return []
+    def _offers(
+        self, p: Profile, t: float, current: list[int], count: int
+    ) -> tuple[list[dict[str, Any]], list[int]]:
+        """(``offers``, ``liveOffersOrder``): ``count`` live new offers at ``t`` and, as on
+        Keepa (Product.java), offers no longer listed (historical: new and used, last seen
+        days ago), which stay in ``offers`` but not in ``liveOffersOrder``. The array is not
+        in listing order: ``liveOffersOrder`` holds the indices of the live offers as Amazon
+        lists them, lowest price (with shipping) first."""
         minute = keepa_minute(t)
-        offers = []
-        for j in range(count):
+        historical = []
+        n_hist = int(unit(self.seed, 303, p.index, 0) * (HISTORICAL_OFFERS_MAX + 1))
+        for h in range(n_hist):
+            seen = minute - MINUTES_PER_DAY * (1 + int(unit(self.seed, 304, p.index, h) * 60))
+            used = unit(self.seed, 305, p.index, h) < 0.5
+            condition = USED_CONDITIONS[h % len(USED_CONDITIONS)] if used else CONDITION_NEW
+            price = max(1, round(p.base * (p.used_ratio if used else 1.0)))
+            historical.append(
+                self._offer(p, 100 + h, seen, condition, price, 499, amazon=False, fba=False)
+            )
+        live = []
+        lowest = current[NEW]
+        for j in range(count if lowest >= 0 else 0):
             amazon = p.has_amazon and j == 1
             if j == 0:
                 price = lowest
@@ -609,20 +661,38 @@ class Catalog:
                 spread = 0.015 * j * (0.5 + unit(self.seed, 301, p.index, j))
                 price = round(lowest * (1.0 + spread))
             fba = amazon or unit(self.seed, 302, p.index, j) < 0.5
-            offers.append(
-                {
-                    "offerId": j,
-                    "sellerId": AMAZON_SELLER_ID if amazon else self._seller_id(p, j),
-                    "lastSeen": minute,
-                    "condition": 1,
-                    "isPrime": fba,
-                    "isFBA": fba,
-                    "isAmazon": amazon,
-                    "isShippable": True,
-                    "isPreorder": False,
-                    "isWarehouseDeal": False,
-                    "isMAP": False,
-                    "offerCSV": [minute, price, 0 if fba else 499],
-                }
+            live.append(
+                self._offer(p, j, minute, CONDITION_NEW, price, 0 if fba else 499, amazon, fba)
             )
-        return offers
+        offers = [*historical, *live]
+        order = sorted(
+            range(len(historical), len(offers)),
+            key=lambda i: (offers[i]["offerCSV"][1] + offers[i]["offerCSV"][2], i),
+        )
+        return offers, order
+
+    def _offer(
+        self,
+        p: Profile,
+        offer_id: int,
+        seen: int,
+        condition: int,
+        price: int,
+        shipping: int,
+        amazon: bool,
+        fba: bool,
+    ) -> dict[str, Any]:
+        return {
+            "offerId": offer_id,
+            "sellerId": AMAZON_SELLER_ID if amazon else self._seller_id(p, offer_id),
+            "lastSeen": seen,
+            "condition": condition,
+            "isPrime": fba,
+            "isFBA": fba,
+            "isAmazon": amazon,
+            "isShippable": True,
+            "isPreorder": False,
+            "isWarehouseDeal": False,
+            "isMAP": False,
+            "offerCSV": [seen, price, shipping],
+        }

@@ -21,6 +21,7 @@ from typing import Any
 from common.config import SECTIONS, env_name, load_settings
 from sim.account import CAP_STEPS
 from sim.catalog import DEFAULT_CATALOG_SIZE, DEFAULT_DEAL_INTERVAL_S
+from sim.deals import DEAL_CACHE_S
 from sim.server import SimServer, is_loopback
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ MAX_CATALOG_SIZE = 100_000_000
 
 DESCRIPTION = """\
 Run the simulated Keepa API (GET /token, GET /product, GET or POST /deal) on a loopback
-address. It behaves like Keepa as KEEPA_API.md describes it: per-key token accounts refilled
+address. It behaves like Keepa as docs/KEEPA.md describes it: per-key token accounts refilled
 by --refill-rate tokens every --refill-period seconds up to 60 x rate; a request runs while the
 balance is > 0 and may take it negative; 429 at <= 0; the token envelope on every response;
 a deterministic catalog and a deal feed that keeps growing, both from --seed.
@@ -175,6 +176,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a new deal every S seconds on average (default: {DEFAULT_DEAL_INTERVAL_S:g})",
     )
     parser.add_argument(
+        "--deal-cache",
+        type=_number(float, 0.0, 3600.0),
+        default=DEAL_CACHE_S,
+        metavar="S",
+        help="seconds a deal query's result is reused by identical queries (any page), as "
+        f"Keepa caches it; 0 = no cache (default: {DEAL_CACHE_S:g})",
+    )
+    parser.add_argument(
         "--log-every",
         type=_number(float, 0.1, 86_400.0),
         default=LOG_EVERY_S,
@@ -203,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         deal_interval_s=args.deal_interval,
         offer_fail_rate=args.offer_fail_rate,
         strict_offer_cap=args.strict_offer_cap,
+        deal_cache_s=args.deal_cache,
     )
     try:
         server.start()

@@ -6,7 +6,7 @@ last update, which the dip start itself counts as (so every deal is shown with i
 Listed are only products whose figures for the selected price type dropped below their
 average over the selected date range, updated in the last 12 hours.
 
-``selection`` keys (KEEPA_API.md; others are ignored): ``page`` (0-based, 150 a page),
+``selection`` keys (docs/KEEPA.md; others are ignored): ``page`` (0-based, 150 a page),
 ``domainId`` (required), ``priceTypes`` (required, exactly one), ``dateRange`` (0 day = the
 last 48 h as Keepa computes it, 1 week, 2 month, 3 90 days), ``sortType`` (1 deal age newest
 first, 2 absolute delta, 3 sales rank, 4 percentage delta; negative inverts; default 1), and the
@@ -18,6 +18,9 @@ filters ``currentRange``, ``deltaRange``, ``deltaPercentRange`` (on the size of 
 dropped; sort 2 and 4 put the highest (the biggest drop) first; sort 1 is not invertible (-1 is
 405). Range options apply only with ``isRangeEnabled``, ``hasReviews`` and the Amazon-offer
 filters only with ``isFilterEnabled`` (silently ignored otherwise); paging reaches 10,000 deals.
+``DealFeed.query_page`` is Keepa's deal cache: identical queries (any ``page``) within
+``cache_s`` (120 s) page through the result computed at the first, and say so
+(``dealsCached``).
 
 ``stale_s`` (admin ``/_sim/feed``) freezes the feed that many seconds in
 the past: every deal is then at least that old.
@@ -25,6 +28,7 @@ the past: every deal is then at least that old.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from collections.abc import Iterator, Mapping
@@ -50,7 +54,10 @@ DEAL_MAX_AGE_S = 12 * HOUR_S  # only products updated in the last 12 hours
 DATE_RANGE_DAYS = (2.0, 7.0, 31.0, 90.0)  # day (Keepa uses the last 48 h), week, month, 90 days
 SORT_TYPES = (1, 2, 3, 4)
 MAX_PAGE = 10_000
-MAX_REACHABLE = 10_000  # DealRequest.java / KEEPA_API.md: at most 10,000 deals by paging
+MAX_REACHABLE = 10_000  # DealRequest.java / docs/KEEPA.md: at most 10,000 deals by paging
+# DealRequest.java: "To browse all deals found by a query (which is cached for 120 seconds) you
+# iterate the page parameter and keep all other parameters identical."
+DEAL_CACHE_S = 120.0
 INT_MAX = 2**31 - 1
 
 
@@ -172,10 +179,17 @@ class _Candidate:
 class DealFeed:
     """The deal feed of one catalog. Event records are cached for the window of active dips."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, cache_s: float = DEAL_CACHE_S) -> None:
+        if cache_s < 0:
+            raise ValueError("deal cache_s must be >= 0")
         self.catalog = catalog
         self.stale_s = 0.0
+        self.cache_s = cache_s
         self._lock = threading.Lock()
+        # Keepa's deal cache: a query (all parameters but ``page``) -> the time its result was
+        # computed, and the pages served from it. Identical queries within ``cache_s`` page
+        # through that result, even if the catalog has moved since.
+        self._cached: dict[DealQuery, tuple[float, dict[int, dict[str, Any]]]] = {}
         self._events: dict[int, Dip] = {}
         # (event k, data time, date range) -> (current, avg): a product's figures change only
         # when Keepa's copy of it does, so repeated pages need not recompute them.
@@ -183,6 +197,8 @@ class DealFeed:
 
     def set_stale(self, stale_s: float) -> None:
         self.stale_s = max(0.0, stale_s)
+        with self._lock:
+            self._cached.clear()  # a feed set back in time is another feed
 
     def _active(self, t: float) -> list[Dip]:
         """Dips active at ``t``, newest first."""
@@ -223,8 +239,33 @@ class DealFeed:
             if _passes(c, q):
                 yield c
 
+    def query_page(self, q: DealQuery, now: float) -> tuple[dict[str, Any], bool]:
+        """One page of ``q`` through Keepa's deal cache: (the ``deals`` object, whether it came
+        from a result computed earlier). A query's result is computed at the first request
+        and reused by identical queries (any ``page``) for ``cache_s`` seconds."""
+        key = dataclasses.replace(q, page=0)
+        with self._lock:
+            for k in [k for k, (at, _) in self._cached.items() if now - at >= self.cache_s]:
+                del self._cached[k]
+            entry = self._cached.get(key)
+            if entry is None or now < entry[0]:
+                entry = (now, {})
+                if self.cache_s > 0:
+                    self._cached[key] = entry
+                cached = False
+            else:
+                cached = True
+            at, pages = entry
+            page = pages.get(q.page)
+        if page is None:
+            page = self.page(q, at)
+            with self._lock:
+                pages[q.page] = page
+        return page, cached
+
     def page(self, q: DealQuery, now: float) -> dict[str, Any]:
-        """The ``deals`` object of one page: ``dr`` and the category summary of the page."""
+        """The ``deals`` object of one page at ``now`` (no cache): ``dr`` and the category
+        summary of the page."""
         t = now - self.stale_s
         start = q.page * DEAL_PAGE_SIZE
         end = min(start + DEAL_PAGE_SIZE, MAX_REACHABLE)  # paging reaches 10,000 deals at most
@@ -252,6 +293,11 @@ class DealFeed:
         avgs = [cat.averages(c.profile, c.data_time, days) for days in DATE_RANGE_DAYS]
         delta = [_deltas(c.current, a) for a in avgs]
         delta_pct = [_percents(d, a) for d, a in zip(delta, avgs, strict=True)]
+        # Deal.java: deltaLast is the difference of the current and the previous value, the
+        # other way round from delta (negative = dropped); the previous value is the one just
+        # before the dip began.
+        before = cat.values(c.profile, c.dip.start - 1.0)
+        delta_last = [-d for d in _deltas(c.current, before)]
         return {
             "asin": c.profile.asin,
             "title": c.profile.title,
@@ -261,6 +307,7 @@ class DealFeed:
             "avg": avgs,
             "delta": delta,
             "deltaPercent": delta_pct,
+            "deltaLast": delta_last,
             "creationDate": keepa_minute(c.dip.start),
             "lastUpdate": keepa_minute(c.data_time),
         }

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from sim.api import KeepaSim, Outcome
 from sim.catalog import DEFAULT_CATALOG_SIZE, DEFAULT_DEAL_INTERVAL_S
+from sim.deals import DEAL_CACHE_S
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ class SimServer:
         deal_interval_s: float = DEFAULT_DEAL_INTERVAL_S,
         offer_fail_rate: float = 0.0,
         strict_offer_cap: bool = False,
+        deal_cache_s: float = DEAL_CACHE_S,
     ) -> None:
         if not is_loopback(host):
             raise ValueError(f"host {host!r} is not a loopback address")
@@ -186,6 +188,7 @@ class SimServer:
             deal_interval_s=deal_interval_s,
             offer_fail_rate=offer_fail_rate,
             strict_offer_cap=strict_offer_cap,
+            deal_cache_s=deal_cache_s,
         )
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None

@@ -46,6 +46,8 @@ PRICE_USED = 2
 SALES_RANK = 3
 COUNT_NEW = 11
 COUNT_USED = 12
+CONDITION_NEW = 1  # Keepa offer conditions (Offer.java OfferCondition)
+USED_CONDITIONS = (2, 3, 4, 5)
 
 FILTER_NAMES = ("no_price", "sales_rank", "drop", "profit", "offers")
 
@@ -164,16 +166,23 @@ def _price(value: Any) -> int | None:
 def _offer_count(
     product: Mapping[str, Any], stats: Mapping[str, Any], price_type: int = PRICE_NEW
 ) -> int | None:
-    """Competing offers: the COUNT_NEW figure (COUNT_USED for a USED hunt), else Keepa's
-    totalOfferCount, else the live offers returned with ``offers=N`` (a lower bound when there
-    are more than N)."""
+    """Competing offers: the COUNT_NEW figure (COUNT_USED for a USED hunt), else the live
+    offers of that condition returned with ``offers=N`` (a lower bound when there are more
+    than N). Live means listed in ``liveOffersOrder``: ``offers`` also holds offers no longer
+    listed. ``stats.totalOfferCount`` counts every condition, so it is no count of either."""
     count = _price(_at(stats.get("current"), COUNT_USED if price_type == PRICE_USED else COUNT_NEW))
     if count is not None:
         return count
-    total = _price(stats.get("totalOfferCount"))
-    if total is not None:
-        return total
     live = product.get("liveOffersOrder")
-    if isinstance(live, list):
-        return len(live)
-    return None
+    if not isinstance(live, list):
+        return None
+    offers = product.get("offers")
+    if not isinstance(offers, list):
+        return len(live)  # no condition to tell them apart
+    wanted = USED_CONDITIONS if price_type == PRICE_USED else (CONDITION_NEW,)
+    n = 0
+    for index in live:
+        offer = _at(offers, index) if isinstance(index, int) and index >= 0 else None
+        if isinstance(offer, Mapping) and offer.get("condition") in wanted:
+            n += 1
+    return n

@@ -58,9 +58,33 @@ def test_unpaid_key_is_refused_with_exit_1(server: SimServer) -> None:
     out = run_check(server.url, "unpaid-key-0001")
     assert out.returncode == 1, out.stdout + out.stderr
     assert "this key has no access" in out.stdout
+    report = json.loads(run_check(server.url, "unpaid-key-0001", "--json").stdout)
+    assert report["ok"] is False and "plan" not in report
+    state = server.state("unpaid-key-0001")
+    assert state["requests"] == 2 and state["token_calls"] == 2  # /token only, twice
+    assert state["tokens_consumed"] == 0 and state["statuses"] == {"402": 2}
+
+
+def test_malformed_key_is_refused_with_exit_1(server: SimServer) -> None:
+    out = run_check(server.url, "bad key!", "--json")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "malformed" in json.loads(out.stdout)["verdict"]
+    assert server.sim.totals()["tokens_consumed"] == 0
+
+
+def test_keepa_down_is_exit_2_and_spends_nothing(server: SimServer) -> None:
+    server.sim.faults.add("503", 1, path="/token")
+    out = run_check(server.url, KEY, "--spend")  # even with --spend: nothing after /token
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "unreachable" in out.stdout
+    state = server.state(KEY)
+    assert state["tokens_consumed"] == 0 and state["requests"] == 1
 
 
 def test_nothing_listening_is_exit_2() -> None:
-    out = run_check(f"http://127.0.0.1:{free_port()}", KEY, "--json")
+    url = f"http://127.0.0.1:{free_port()}"
+    out = run_check(url, KEY, "--json")
     assert out.returncode == 2, out.stdout + out.stderr
     assert json.loads(out.stdout)["ok"] is False
+    text = run_check(url, KEY)
+    assert text.returncode == 2 and "Keepa is unreachable" in text.stdout

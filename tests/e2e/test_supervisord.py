@@ -161,6 +161,9 @@ def test_fleet_under_supervisord(tmp_path: Path, processes: Processes) -> None:
             timeout=5,
         ).json()
         assert sim["status_429"] == 0
+        # The shipped configuration kept to Keepa's documented 20 ASINs per offer call (this
+        # simulator runs without --strict-offer-cap: it counts, it does not refuse).
+        assert 1 <= sim["max_offer_asins"] <= 20, sim["max_offer_asins"]
     finally:
         subprocess.run(
             [str(Path(sys.executable).parent / "supervisorctl"), "-c", conf, "shutdown"],

@@ -73,6 +73,8 @@ def test_help_is_complete():
         "--offer-fail-rate",
         "--catalog-size",
         "--deal-interval",
+        "--deal-cache",
+        "--strict-offer-cap",
         "--log-every",
         "/_sim/state",
         "/_sim/fault",
@@ -89,6 +91,7 @@ def test_help_is_complete():
         (["--port", "70000"], "--port"),
         (["--host", "0.0.0.0"], "--host"),
         (["--refill-rate", "many"], "--refill-rate"),
+        (["--deal-cache", "-1"], "--deal-cache"),
     ],
 )
 def test_bad_flags_are_usage_errors_naming_the_flag(args, flag):

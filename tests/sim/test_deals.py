@@ -120,9 +120,62 @@ def test_ranges_and_filters_apply_only_with_their_switch(sim):
     assert recorded[-1] == {**amazon, "isFilterEnabled": True}
 
 
-def test_paging_reaches_10000_deals_at_most(sim):
-    assert deals_of(sim.deal(selection(page=66))) is not None
-    assert deals_of(sim.deal(selection(page=67))) == []  # 67 x 150 > 10,000
+def test_paging_reaches_10000_deals_at_most(make_sim):
+    """DealRequest.java: at most 10,000 deals can be reached by paging. A feed of far more
+    (a deal every 0.05 s: tens of thousands active) stops after deal 10,000: page 66 holds
+    deals 9,900..9,999, page 67 none."""
+    sim = make_sim(deal_interval_s=0.05)
+    assert len(deals_of(sim.deal(selection(page=65)))) == PAGE
+    assert len(deals_of(sim.deal(selection(page=66)))) == 10_000 - 66 * PAGE
+    assert deals_of(sim.deal(selection(page=67))) == []
+    assert sim.deal(selection(page=10_001)).status_code == 405
+
+
+def test_a_deal_query_is_cached_120_s_for_identical_parameters():
+    """DealRequest.java: a query's result is cached for 120 s; identical parameters (any page)
+    within that time page through the same result, even though the feed has moved."""
+    t0 = time.time()
+    feed = KeepaSim(seed=5).feed
+    q = parse_selection(selection(page=0))
+    first, cached = feed.query_page(q, t0)
+    assert not cached
+    assert feed.page(q, t0 + 60) != first  # the feed moved in a minute (no cache)...
+    again, cached = feed.query_page(q, t0 + 60)
+    assert cached and again == first  # ...the cached result did not
+    # Page 1 within the window is page 1 of the same result (computed as of t0).
+    assert feed.query_page(parse_selection(selection(page=1)), t0 + 100)[0] == feed.page(
+        parse_selection(selection(page=1)), t0
+    )
+    other = parse_selection(selection(page=0, dateRange=2))  # other parameters: not cached
+    assert feed.query_page(other, t0 + 60) == (feed.page(other, t0 + 60), False)
+    later, cached = feed.query_page(q, t0 + 120)  # 120 s on: computed anew
+    assert not cached and later == feed.page(q, t0 + 120) != first
+    none = KeepaSim(seed=5, deal_cache_s=0).feed  # the simulator's --deal-cache 0
+    none.query_page(q, t0)
+    assert none.query_page(q, t0 + 1) == (none.page(q, t0 + 1), False)
+
+
+def test_deals_cached_is_sent_over_http(sim):
+    first = sim.deal(selection()).json()
+    again = sim.deal({**selection(), "page": 0}).json()
+    assert first["dealsCached"] is False and again["dealsCached"] is True
+    assert again["deals"] == first["deals"] and again["tokensConsumed"] == 5  # still charged
+
+
+def test_category_summary_and_delta_last(sim):
+    """The deal page's ``categoryIds``/``categoryNames``/``categoryCount`` (recorded) sum up
+    the page's root categories; ``deltaLast`` (Deal.java) is current minus the previous value:
+    negative for the dip that made the deal, the other way round from ``delta``."""
+    deals = sim.deal(selection()).json()["deals"]
+    ids, names, counts = deals["categoryIds"], deals["categoryNames"], deals["categoryCount"]
+    assert len(ids) == len(names) == len(counts) and all(isinstance(n, str) for n in names)
+    roots: dict[int, int] = {}
+    for d in deals["dr"]:
+        roots[d["rootCat"]] = roots.get(d["rootCat"], 0) + 1
+    assert dict(zip(ids, counts, strict=True)) == roots
+    for d in deals["dr"]:
+        assert len(d["deltaLast"]) == N_TYPES
+        assert d["deltaLast"][1] < 0 < d["delta"][1][1], d["asin"]
 
 
 @pytest.mark.parametrize(
@@ -156,7 +209,8 @@ def test_selection_missing_or_not_json(sim):
     assert sim.state()["tokens_consumed"] == 0
 
 
-def test_new_deals_keep_appearing(sim):
+def test_new_deals_keep_appearing(make_sim):
+    sim = make_sim(deal_cache_s=0)  # Keepa's 120 s cache would hide them for two minutes
     first = deals_of(sim.deal())
     seen = {d["asin"] for d in first}
     newest = first[0]["creationDate"]

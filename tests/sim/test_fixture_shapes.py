@@ -24,9 +24,10 @@ ENVELOPE = {
 # What the pipeline (workers.filters, workers.stages) and keepa 1.6.0 read of a product.
 PRODUCT_FIELDS = ("asin", "domainId", "productType", "title", "csv", "stats", "lastUpdate")
 STATS_FIELDS = ("current", "avg", "avg30", "avg90", "avg180", "min", "max", "totalOfferCount")
+STATS_FIELDS += ("minInInterval", "maxInInterval")
 OFFER_FIELDS = ("offers", "liveOffersOrder", "offersSuccessful")
 DEAL_FIELDS = ("asin", "title", "rootCat", "current", "delta", "deltaPercent", "avg")
-DEAL_FIELDS += ("creationDate", "lastUpdate", "categories")
+DEAL_FIELDS += ("creationDate", "lastUpdate", "categories", "deltaLast")
 
 
 def load(name: str) -> Any:

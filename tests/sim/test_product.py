@@ -39,8 +39,8 @@ def test_offer_pages_cost_six_each(sim, offers_count, offers_param, cost):
     product = body["products"][0]
     assert product["stats"]["current"][11] == offers_count  # COUNT_NEW
     listed = min(offers_count, math.ceil(offers_param / 10) * 10)
-    assert len(product["offers"]) == listed
-    assert product["liveOffersOrder"] == list(range(listed))
+    assert len(product["liveOffersOrder"]) == listed  # the live offers returned
+    assert len(product["offers"]) >= listed  # and the historical ones
     assert product["offersSuccessful"] is True
 
 
@@ -269,3 +269,57 @@ def test_more_than_20_asins_with_offers_accepted_unless_strict(make_sim):
     assert resp.json()["tokensConsumed"] == 0
     assert strict.product(asins[:20], offers=20).status_code == 200
     assert strict.product(asins, stats=90).status_code == 200  # no offers: up to 100
+
+
+def test_historical_offers_stay_in_offers_but_not_in_live_offers_order(sim):
+    """Product.java: ``offers`` also lists offers no longer live; ``liveOffersOrder`` holds the
+    indices of the live ones in Amazon's listing order. ``totalOfferCount`` (Stats.java)
+    counts the offers of all conditions; COUNT_NEW (11) is the new-offer count."""
+    products = sim.product(sim.catalog.asins(0, 20), stats=90, offers=20).json()["products"]
+    product = next(
+        p
+        for p in products
+        if p["stats"]["current"][12] > 0 and len(p["offers"]) > len(p["liveOffersOrder"]) >= 2
+    )
+    offers, live = product["offers"], product["liveOffersOrder"]
+    stats = product["stats"]
+    n_new, n_used = stats["current"][11], stats["current"][12]
+    assert len(live) == min(n_new, 20) and len(set(live)) == len(live)
+    historical = [o for i, o in enumerate(offers) if i not in live]
+    now = sim.now_minute()
+    assert all(o["lastSeen"] < now - 60 for o in historical)  # last seen days ago
+    assert all(offers[i]["lastSeen"] >= now - 1 and offers[i]["condition"] == 1 for i in live)
+    totals = [o["offerCSV"][1] + o["offerCSV"][2] for o in (offers[i] for i in live)]
+    assert totals == sorted(totals)  # listing order: lowest price with shipping first
+    assert stats["totalOfferCount"] == n_new + n_used > n_new  # all conditions
+    assert stats["retrievedOfferCount"] == len(offers)
+    without = sim.product([product["asin"]], stats=90).json()["products"][0]
+    assert "offers" not in without and "liveOffersOrder" not in without
+    assert without["stats"]["totalOfferCount"] == n_new + n_used  # recorded without offers too
+
+
+def test_stats_min_max_are_all_time_and_in_interval_cover_the_stats_days(sim):
+    """Stats.java: ``min``/``max`` are the all-time extremes, ``minInInterval``/
+    ``maxInInterval`` those of the ``stats`` interval: ``[keepa_minute, value]``, null for a
+    type without data, ``[-1, -1]`` for one without data in the interval (recorded)."""
+    p = sim.find(lambda prof: prof.amp > 0.3 and prof.offers0 > 0 and prof.rank0 > 0)
+    stats = sim.product([p.asin], stats=1).json()["products"][0]["stats"]
+    now = sim.now_minute()
+    for field in ("min", "max", "minInInterval", "maxInInterval"):
+        assert len(stats[field]) == N_TYPES, field
+    for i in range(N_TYPES):
+        lo, hi = stats["min"][i], stats["max"][i]
+        lo_in, hi_in = stats["minInInterval"][i], stats["maxInInterval"][i]
+        if lo is None:
+            assert hi is None and lo_in is None and hi_in is None, i
+            continue
+        assert len(lo) == len(hi) == len(lo_in) == len(hi_in) == 2, i
+        assert lo[1] <= hi[1], i
+        if lo_in != [-1, -1]:
+            assert lo[1] <= lo_in[1] <= hi_in[1] <= hi[1], i
+            assert now - 24 * 60 - 1 <= lo_in[0] <= now and now - 24 * 60 - 1 <= hi_in[0], i
+    assert stats["min"][5] is None  # COLLECTIBLE: no data at all
+    # A volatile price's all-time range is wider than one day's, and reaches back further.
+    assert stats["min"][1][1] < stats["minInInterval"][1][1]
+    assert stats["max"][1][1] > stats["maxInInterval"][1][1]
+    assert min(stats["min"][1][0], stats["max"][1][0]) < now - 24 * 60

@@ -72,9 +72,8 @@ def test_offer_count_fallbacks() -> None:
     p["stats"]["current"][11] = -1
     assert facts(p).offers is None
     assert check(facts(p), SETTINGS) is None  # unknown does not reject
-    p["stats"]["totalOfferCount"] = 12
-    assert facts(p).offers == 12
-    del p["stats"]["totalOfferCount"]
+    p["stats"]["totalOfferCount"] = 12  # all conditions (Stats.java): no new-offer count
+    assert facts(p).offers is None
     p["liveOffersOrder"] = list(range(15))
     assert facts(p).offers == 15
     assert check(facts(p), SETTINGS).filter == "offers"  # type: ignore[union-attr]
