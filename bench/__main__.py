@@ -37,6 +37,9 @@ BENCHMARKS.append(proportions)
 from bench import keepa_step  # noqa: E402  (issue 16: the peer at Keepa's step)
 
 BENCHMARKS.append(keepa_step)
+from bench import use_it  # noqa: E402  (issue 16: use it or lose it)
+
+BENCHMARKS.append(use_it)
 OUTPUT = harness.ROOT / "BENCHMARKS.md"
 
 HEADER = """# Benchmarks

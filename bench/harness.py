@@ -297,9 +297,12 @@ def start_sim(
     seed: int = 1,
     name: str = "sim",
     deal_interval_s: float | None = None,
+    deal_cache_s: float | None = None,
 ) -> Sim:
     port = free_port()
     feed = [] if deal_interval_s is None else ["--deal-interval", str(deal_interval_s)]
+    if deal_cache_s is not None:
+        feed += ["--deal-cache", str(deal_cache_s)]
     child = procs.start(
         name,
         fleet_command(

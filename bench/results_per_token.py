@@ -34,6 +34,7 @@ TITLE = "6. Results per token: the stats peek vs the offers peek"
 SEED = 1
 SIDES = ("stats peek", "offers peek")
 DOMAIN = 1  # the default query's marketplace
+DEAL_CACHE_S = 120.0
 FEED_INTERVAL_S = 0.5  # a new deal every 0.5 s of Keepa time
 
 
@@ -97,6 +98,7 @@ def _run_side(
             # The feed on Keepa's clock too (the simulator's default, a deal every 0.5 s, is
             # 120 a step): more deals than the plan can judge.
             deal_interval_s=FEED_INTERVAL_S * p.latency_scale,
+            deal_cache_s=DEAL_CACHE_S * p.latency_scale,  # Keepa's 120-s deal cache, scaled
         )
         key = "bench-rpt-" + uuid.uuid4().hex[:12]
         sim.admin("tokens", key=key, tokens=0)

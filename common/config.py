@@ -160,6 +160,10 @@ class WorkerSettings:
     offers: int = _field(
         20, "offers=N for commits (and peeks with peek_offers) (20..100)", lo=20, hi=100
     )
+    spend_spare: bool = _field(
+        True,
+        "refresh deals early on tokens the next refill would lose to the cap (use it or lose it)",
+    )
     peek_offers: bool = _field(
         False,
         "peek with offers=N (6-12 tokens a product) instead of stats only (1 token); "

@@ -276,6 +276,11 @@ def test_tokens_the_cap_would_drop_refresh_deals_early(storage: Storage) -> None
     # Too recent for an early refresh: a deal updated 30 s ago waits (a tenth of 600 is 60).
     clock.now = later + 30
     assert refresh.urgency(later + 30) == 0
+    # worker.spend_spare off: deals wait until they are due.
+    off = stage("refresh", storage, keepa, permits, clock, worker={**worker, "spend_spare": False})
+    clock.now = later + 200
+    assert refresh.urgency(later + 200) == URGENCY_SPARE
+    assert off.urgency(later + 200) == 0
 
 
 def test_refresh_and_ingest_urgencies_stay_balanced(storage: Storage) -> None:

@@ -71,7 +71,8 @@ class RefreshStage:
         period = self.ctx.settings.worker.refresh_after_s
         overdue = now - (stalest + period)
         if overdue < 0:
-            if now - stalest >= SPARE_MIN_AGE_FRACTION * period:
+            spend = self.ctx.settings.worker.spend_spare
+            if spend and now - stalest >= SPARE_MIN_AGE_FRACTION * period:
                 self._spare = self.ctx.permits.spare()
             return URGENCY_SPARE if self._spare > 0 else URGENCY_NONE
         backlog = min(1.0, overdue / (FULL_URGENCY_PERIODS * max(period, MIN_PERIOD_S)))
