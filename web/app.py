@@ -218,7 +218,7 @@ def create_app(config: WebConfig) -> Starlette:
             deal=row,
             d=d,
             chart={"currency": d.currency, "decimals": d.decimals, **chart},
-            points=sum(len(s) for s in chart["series"]),
+            points=chart["points"],
         )
 
     # --- why not -------------------------------------------------------------------------
@@ -427,9 +427,14 @@ def _chart_data(history: Any, price_type: int) -> dict[str, Any]:
     if price_type not in {t for t, _ in wanted}:
         wanted.append((price_type, f"price type {price_type}"))
     per: list[tuple[str, dict[int, int | None]]] = []
+    stored = 0
     for ptype, label in wanted:
-        points = queries.price_series(history if isinstance(history, list) else None, ptype)
+        try:
+            points = queries.price_series(history if isinstance(history, list) else None, ptype)
+        except (TypeError, ValueError, IndexError):  # a malformed stored history: no chart
+            points = []
         if points:
+            stored += len(points)
             per.append((label, {ms // 1000: price for ms, price in points}))
     xs = sorted({t for _, pts in per for t in pts})
     series = []
@@ -442,7 +447,7 @@ def _chart_data(history: Any, price_type: int) -> dict[str, Any]:
                 last = pts[t]
             values.append(last)
         series.append({"label": label, "values": values})
-    return {"x": xs, "series": series}
+    return {"x": xs, "series": series, "points": stored}
 
 
 def _json_or_none(text: Any) -> Any:
