@@ -248,3 +248,32 @@ def test_actions_need_the_token(deals_db: Path, server: Any) -> None:
         ("KILL", "worker_00"),
         ("stop", "worker_00"),
     ]
+
+
+def test_the_page_never_reads_the_whole_table(
+    tmp_path: Path, db_maker: Any, server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every statement that reads deal rows for a page has a LIMIT (or only counts); the
+    statements are those SQLite actually ran (its trace callback)."""
+    from web import queries
+
+    statements: list[str] = []
+    real_connect = queries.connect
+
+    def traced(path: Any, **kwargs: Any) -> Any:
+        conn = real_connect(path, **kwargs)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(queries, "connect", traced)
+    db = db_maker(tmp_path / "fleet.db", n=120)
+    with server(WebConfig(db=db)) as live:
+        for params in ({}, {"sort": "drop", "page": "2"}, {"q": "thing", "min_drop": "5"}):
+            r = live.get("/deals", params=params)
+            assert r.status_code == 200 and r.text.count('class="deal"') <= 50
+        live.get("/deal/1/B000000003")
+    reads = [s for s in statements if "FROM deals" in s]
+    assert reads, "no statement traced"
+    for sql in reads:
+        one_row = "WHERE domain = 1 AND asin = " in sql  # the primary key: one row
+        assert "LIMIT" in sql or "count(*)" in sql or one_row, sql
