@@ -277,3 +277,13 @@ def test_the_page_never_reads_the_whole_table(
     for sql in reads:
         one_row = "WHERE domain = 1 AND asin = " in sql  # the primary key: one row
         assert "LIMIT" in sql or "count(*)" in sql or one_row, sql
+
+
+def test_an_unreadable_database_is_a_clear_error(tmp_path: Path, server: Any) -> None:
+    junk = tmp_path / "fleet.db"
+    junk.write_bytes(b"this is not an SQLite file at all" * 100)
+    with server(WebConfig(db=junk)) as live:
+        for path in ("/deals", "/whynot", "/api/new?since=0"):
+            r = live.get(path)
+            assert r.status_code == 503, (path, r.status_code)
+            assert "database is busy or unreadable" in r.text and "Traceback" not in r.text
