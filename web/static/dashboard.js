@@ -48,7 +48,7 @@
     if (!el || !data || !data.x.length) return;
     const colors = ["#c0392b", "#2471a3", "#27ae60", "#8e44ad", "#d68910", "#17a589", "#566573"];
     new uPlot({
-      width: width(el), height: 260,
+      width: width(el), height: 260, axes: [{}, { size: 60 }],
       series: [{}].concat(data.series.map(function (s, i) {
         return { label: s.label, stroke: colors[i % colors.length], width: 2, points: { show: true } };
       })),
@@ -125,7 +125,7 @@
       keys.map(function (k) { return history.map(function (h) { return h[k]; }); }));
     if (!tokensPlot) {
       tokensPlot = new uPlot({
-        width: width(el), height: 260,
+        width: width(el), height: 260, axes: [{}, { size: 70 }],
         series: [{},
           { label: "balance", stroke: "#2471a3", width: 2 },
           { label: "available", stroke: "#27ae60", width: 2 },
