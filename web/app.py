@@ -225,15 +225,16 @@ def create_app(config: WebConfig) -> Starlette:
 
     def whynot(request: Request) -> Response:
         q = RejectionQuery.parse(dict(request.query_params))
+        size_s = queries.BUCKETS_S[q.bucket]
         breakdown: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []
         total = 0
         with database() as conn:
             if conn is not None:
-                breakdown = queries.rejection_breakdown(conn, queries.BUCKETS_S[q.bucket])
+                breakdown = queries.rejection_breakdown(conn, size_s)
                 rows, total = queries.rejections_page(conn, q.reason or None, q.page, q.size)
         reasons = sorted({b["reason"] for b in breakdown})
-        buckets = sorted({int(b["bucket"]) for b in breakdown})
+        buckets = _contiguous(sorted({int(b["bucket"]) for b in breakdown}), size_s)
         counts = {(b["reason"], int(b["bucket"])): int(b["n"]) for b in breakdown}
         chart = {
             "x": buckets,
@@ -448,6 +449,23 @@ def _chart_data(history: Any, price_type: int) -> dict[str, Any]:
             values.append(last)
         series.append({"label": label, "values": values})
     return {"x": xs, "series": series, "points": stored}
+
+
+MAX_CHART_BUCKETS = 2000
+
+
+def _contiguous(buckets: list[int], size_s: int) -> list[int]:
+    """Every bucket from the first to the last (a bucket without rejections is a 0, not a
+    gap), with one empty bucket before a lone one so the chart has a width; the buckets as
+    they are when filling would make more than ``MAX_CHART_BUCKETS``."""
+    if not buckets:
+        return []
+    if len(buckets) == 1:
+        return [buckets[0] - size_s, buckets[0]]
+    span = (buckets[-1] - buckets[0]) // size_s + 1
+    if span > MAX_CHART_BUCKETS:
+        return buckets
+    return list(range(buckets[0], buckets[-1] + size_s, size_s))
 
 
 def _json_or_none(text: Any) -> Any:

@@ -287,3 +287,16 @@ def test_an_unreadable_database_is_a_clear_error(tmp_path: Path, server: Any) ->
             r = live.get(path)
             assert r.status_code == 503, (path, r.status_code)
             assert "database is busy or unreadable" in r.text and "Traceback" not in r.text
+
+
+def test_whynot_counts_by_reason_and_bucket(live: Any) -> None:
+    html = live.get("/whynot", params={"bucket": "minute"}).text
+    data = json.loads(html.split('id="reasons-data">', 1)[1].split("</script>", 1)[0])
+    # Both rejections (at t=1,000,010) fall in one minute; an empty minute before it.
+    assert data["x"] == [1_000_010 // 60 * 60 - 60, 1_000_010 // 60 * 60]
+    assert {s["label"]: s["values"] for s in data["series"]} == {
+        "max_rank": [0, 1],
+        "min_drop": [0, 1],
+    }
+    only = live.get("/whynot", params={"reason": "min_drop"}).text
+    assert "X000000001" in only and "X000000002" not in only
