@@ -45,11 +45,9 @@ def health_problems(state: dict[str, Any] | None, answered_age_s: float | None) 
         return [f"the broker has not answered for {answered_age_s:.0f} s"]
     problems: list[str] = []
     health = state.get("health")
-    if isinstance(health, dict):
-        listed = health.get("problems") or []
-        problems += [str(p) for p in listed if p]
-    elif isinstance(health, list):
-        problems += [str(p) for p in health if p]
+    listed = health.get("problems") if isinstance(health, dict) else health
+    if isinstance(listed, list):
+        problems += [_problem_text(p) for p in listed if p]
     tokens = state.get("tokens") or {}
     keepa = state.get("keepa") or {}
     pipeline = state.get("pipeline") or {}
@@ -83,6 +81,17 @@ def health_problems(state: dict[str, Any] | None, answered_age_s: float | None) 
         ):
             problems.append(f"worker {w.get('id', '?')}: no heartbeat for {age:.0f} s")
     return list(dict.fromkeys(problems))
+
+
+def _problem_text(problem: Any) -> str:
+    """A health problem as a sentence, whether the broker sends text or a dict."""
+    if isinstance(problem, dict):
+        for key in ("message", "problem", "text", "detail"):
+            if problem.get(key):
+                where = problem.get("component") or problem.get("what") or problem.get("name")
+                return f"{where}: {problem[key]}" if where else str(problem[key])
+        return ", ".join(f"{k} {v}" for k, v in sorted(problem.items()))
+    return str(problem)
 
 
 class FleetMonitor:

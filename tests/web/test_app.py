@@ -192,6 +192,8 @@ def test_health_problems() -> None:
     text = "\n".join(health_problems(bad, 0.0))
     for needle in ("recharge mode", "429 2", "7 tokens", "w1: no heartbeat", "disk full"):
         assert needle in text
+    as_dicts = {"health": [{"component": "storage", "message": "locked"}], "tokens": {"now": 1}}
+    assert health_problems(as_dicts, 0.0) == ["storage: locked"]
 
 
 class Recorder:
