@@ -177,4 +177,5 @@ def run(profile: str, log_dir: Path) -> str:
 
 
 if __name__ == "__main__":
-    print(run("quick", Path(".")))
+    with tempfile.TemporaryDirectory() as logs:
+        print(run("quick", Path(logs)))
