@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench bench-full lint fmt typecheck clean
+.PHONY: run test browser bench bench-full lint fmt typecheck clean
 
 $(STAMP): pyproject.toml
 	@echo "keepa-fleet: installing into $(VENV) (first run, or pyproject.toml changed)"
@@ -18,9 +18,19 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/keepa-fleet run
 
-## test: the whole suite (unit, socket, end-to-end)
-test: $(STAMP)
+## test: the whole suite (unit, socket, end-to-end, the dashboard in Chromium)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+## browser: Debian's chromium and chromium-driver for the dashboard's browser tests, installed
+## when missing and we are root (never a browser download of Playwright's own)
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "keepa-fleet: installing chromium and chromium-driver for the browser tests"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
+	  || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }; \
+	else echo "keepa-fleet: no chromium and not root: the browser tests will skip"; fi
 
 ## bench: the quick benchmark profile; writes BENCHMARKS.md
 bench: $(STAMP)

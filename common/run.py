@@ -27,6 +27,7 @@ from common.errors import ConfigError
 
 DEFAULT_WORKERS = 4
 DEFAULT_METRICS_PORT = 9464
+DEFAULT_WEB_LISTEN = "127.0.0.1:8080"  # the dashboard (web.cli's default)
 PROGRESS_EVERY_S = 5.0
 STATUS_TIMEOUT_S = 3.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         f"Keepa at {where}; logs in {var / 'log'}; Ctrl-C stops everything",
         flush=True,
     )
+    print(f"keepa-fleet: dashboard at {web_url(env['FLEET_WEB_LISTEN'])}", flush=True)
     os.execve(supervisord, argv, env)
     return 1  # not reached
 
@@ -135,8 +137,18 @@ def fleet_environment(
         db = var_dir / "fleet.db"
     env["FLEET_DB"] = str(db.resolve())
     env.setdefault("FLEET_BROKER_METRICS_PORT", str(DEFAULT_METRICS_PORT))
+    env.setdefault("FLEET_WEB_LISTEN", DEFAULT_WEB_LISTEN)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def web_url(listen: str) -> str:
+    """The address to open for the dashboard listening on ``listen`` (HOST:PORT)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
 
 def clear_stale_files(var: Path) -> None:

@@ -8,7 +8,7 @@ only another connection. Bad parameters raise ``BadQuery`` with a message for a 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,11 +104,18 @@ class DealQuery:
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    """A read-only connection (``mode=ro``): the dashboard can never write the database."""
+def connect(path: str | Path, *, any_thread: bool = False) -> sqlite3.Connection:
+    """A read-only connection (``mode=ro``): the dashboard can never write the database.
+    ``any_thread``: the connection is used by one thread at a time, not always the same one
+    (a streamed export)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no database at {path} (has a worker run yet?)")
-    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=5)
+    conn = sqlite3.connect(
+        f"file:{Path(path).resolve()}?mode=ro",
+        uri=True,
+        timeout=5,
+        check_same_thread=not any_thread,
+    )
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -125,6 +132,24 @@ def deals_page(conn: sqlite3.Connection, q: DealQuery) -> tuple[list[dict[str, A
     rows = conn.execute(sql, [*args, q.size, (q.page - 1) * q.size]).fetchall()
     total = conn.execute(f"SELECT count(*) FROM deals{where}", args).fetchone()[0]
     return [dict(r) for r in rows], int(total)
+
+
+def deals_export(
+    conn: sqlite3.Connection, q: DealQuery, limit: int, batch: int = 500
+) -> Iterator[dict[str, Any]]:
+    """Every deal matching the filters, in the view's order (paging ignored), at most
+    ``limit``; read ``batch`` rows at a time, never the whole result at once."""
+    where, args = q.where()
+    direction = "DESC" if q.descending else "ASC"
+    column = SORTS[q.sort]
+    cur = conn.execute(
+        f"SELECT {DEAL_COLUMNS} FROM deals{where} "
+        f"ORDER BY {column} IS NULL, {column} {direction}, domain, asin LIMIT ?",
+        [*args, limit],
+    )
+    while rows := cur.fetchmany(batch):
+        for r in rows:
+            yield dict(r)
 
 
 def deal(conn: sqlite3.Connection, domain: int, asin: str) -> dict[str, Any] | None:
@@ -151,16 +176,50 @@ def rejection_breakdown(conn: sqlite3.Connection, bucket_s: int = 3600) -> list[
     return [dict(r) for r in rows]
 
 
+BUCKETS_S = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+@dataclass(frozen=True)
+class RejectionQuery:
+    """The why-not page's parameters: one reason or all, a page, the chart's bucket."""
+
+    reason: str = ""
+    page: int = 1
+    size: int = PAGE_SIZE_DEFAULT
+    bucket: str = "hour"
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str]) -> RejectionQuery:
+        known = {"reason", "page", "size", "bucket"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise BadQuery(f"unknown parameter {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        reason = (params.get("reason") or "").strip()
+        if len(reason) > SEARCH_MAX_CHARS:
+            raise BadQuery(f"reason is longer than {SEARCH_MAX_CHARS} characters")
+        bucket = params.get("bucket") or "hour"
+        if bucket not in BUCKETS_S:
+            raise BadQuery(f"bucket must be one of {', '.join(BUCKETS_S)}, not {bucket!r}")
+        return cls(
+            reason=reason,
+            page=_int("page", params.get("page"), 1, 1, 1_000_000),
+            size=_int("size", params.get("size"), PAGE_SIZE_DEFAULT, 1, PAGE_SIZE_MAX),
+            bucket=bucket,
+        )
+
+
 def rejections_page(
     conn: sqlite3.Connection, reason: str | None, page: int, size: int
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of rejected candidates (newest first) with their reason, and how many match."""
     where, args = (" WHERE reason = ?", [reason]) if reason else ("", [])
     rows = conn.execute(
         "SELECT domain, asin, reason, filter, detail, at, times FROM rejections"
         f"{where} ORDER BY at DESC, domain, asin LIMIT ? OFFSET ?",
         [*args, size, (page - 1) * size],
     ).fetchall()
-    return [dict(r) for r in rows]
+    total = conn.execute(f"SELECT count(*) FROM rejections{where}", args).fetchone()[0]
+    return [dict(r) for r in rows], int(total)
 
 
 KEEPA_EPOCH_MINUTE = 21564000

@@ -84,6 +84,7 @@ def test_fleet_under_supervisord(tmp_path: Path, processes: Processes) -> None:
             "FLEET_BROKER_SYNC_MIN_INTERVAL_S": "0.2",
             "FLEET_BROKER_SHORT_WAIT_S": "1",
             "FLEET_BROKER_METRICS_PORT": str(free_port()),
+            "FLEET_WEB_LISTEN": f"127.0.0.1:{free_port()}",  # the dashboard (issue 15)
             "FLEET_WORKER_DEALS_INTERVAL_S": "1",
             "FLEET_WORKER_RECONNECT_MAX_S": "1",
             "PYTHONPATH": str(ROOT),
@@ -153,6 +154,18 @@ def test_fleet_under_supervisord(tmp_path: Path, processes: Processes) -> None:
             f"http://127.0.0.1:{env['FLEET_BROKER_METRICS_PORT']}/metrics", timeout=5
         ).text
         assert "keepa_fleet_permits_granted" in metrics
+
+        # The dashboard (the web program) shows the deals and the fleet.
+        web = f"http://{env['FLEET_WEB_LISTEN']}"
+        wait_until(
+            lambda: (
+                'class="deal"' in requests.get(f"{web}/deals", timeout=5).text
+                and requests.get(f"{web}/api/fleet", timeout=5).json()["answered"]
+            ),
+            30,
+            interval=0.5,
+            message=lambda: f"the dashboard live; its log:\n{_tail(var, 'web.log')}",
+        )
 
         # The simulator saw no 429 caused by the fleet.
         sim = requests.get(
