@@ -24,9 +24,9 @@ from typing import Any
 
 from bench.harness import child_ready, child_result, child_wait_go
 from common.config import load_settings
+from common.costs import ProductCostModel, offers_bound_per_product
 from common.errors import BrokerUnavailable, FleetError, PermitTimeout
 from common.keepa import KeepaClient, KeepaResponse
-from workers.costs import ProductCostModel, offers_bound_per_product
 from workers.link import BrokerLink
 from workers.permit_client import BrokerPermitClient
 
