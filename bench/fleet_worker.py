@@ -25,7 +25,7 @@ from typing import Any
 from bench.harness import child_ready, child_result, child_wait_go
 from common.config import load_settings
 from common.costs import ProductCostModel, offers_bound_per_product
-from common.errors import BrokerUnavailable, FleetError, PermitTimeout
+from common.errors import BrokerUnavailable, FleetError, KeepaNotEnoughTokens, PermitTimeout
 from common.keepa import KeepaClient, KeepaResponse
 from workers.link import BrokerLink
 from workers.permit_client import BrokerPermitClient
@@ -69,6 +69,10 @@ def main() -> None:
     done = calls = errors = tokens = 0
     overruns = overrun_tokens = 0  # calls that cost more than their permit, and by how much
     call_s_sum = 0.0
+    # Attempts that failed (a 429 caused by another program, a timeout): from asking the
+    # broker to the failure, the time the worker lost on them (bench.gateway_mix reads it).
+    lost_s = 0.0
+    status_429 = 0
     last_send = started
     next_refill_at: float | None = None
     error_kinds: dict[str, int] = {}
@@ -86,6 +90,8 @@ def main() -> None:
             "call_s_sum": call_s_sum,
             "errors": errors,
             "error_kinds": error_kinds,
+            "lost_s": lost_s,
+            "status_429": status_429,
             "started": started,
             "last_send": last_send,
             "next_refill_at": next_refill_at,
@@ -115,6 +121,8 @@ def main() -> None:
                 resp = permits.call(cost, fn)
             except (BrokerUnavailable, PermitTimeout, FleetError) as exc:
                 errors += 1
+                lost_s += time.time() - asked
+                status_429 += isinstance(exc, KeepaNotEnoughTokens)
                 kind = type(exc).__name__
                 error_kinds[kind] = error_kinds.get(kind, 0) + 1
                 print(f"{args.id}: {kind}: {exc}"[:300], file=sys.stderr, flush=True)
