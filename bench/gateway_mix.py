@@ -247,7 +247,7 @@ def summarize(
 # --- the benchmark ----------------------------------------------------------------------
 
 QUICK = {
-    "users": (4,),
+    "users": (2, 4),
     "spec": MixSpec(
         mode="gateway",
         users=4,
@@ -373,7 +373,8 @@ def report(
         "every process is done, or the workers are and every keepa process left sleeps in "
         f"its 429 wait past the {base.time_limit_s:.0f} s limit, or at the limit. "
         f"{prof['repeats']} repeat(s) a cell. *Time lost* = the workers' failed attempts, "
-        "from asking the broker to the failure (a 429 an other program caused)."
+        "from the first attempt of a batch to the send that worked (a 429 another program "
+        "caused, then the wait for the refills that paid for it)."
     )
     notes = (
         "Notes: the keepa package's 429 sleep (`time_to_refill`) adds |tokensLeft| ÷ "

@@ -97,10 +97,12 @@ def test_no_grant_in_time_is_permit_timeout_and_leaves_nothing_queued(fleet_brok
     with pytest.raises(PermitTimeout), script.permit(cost=1, wait_s=1.0):
         pytest.fail("the block must not run without a grant")
     wait_until(
-        lambda: (s := fleet_broker.status())
-        and s["permits"]["queued"] == 0
-        and s["tokens"]["in_flight"] == 0
-        and client_status(fleet_broker, "script").get("waiting") == 0,
+        lambda: (
+            (s := fleet_broker.status())
+            and s["permits"]["queued"] == 0
+            and s["tokens"]["in_flight"] == 0
+            and client_status(fleet_broker, "script").get("waiting") == 0
+        ),
         20,
         message="the request cancelled at the broker",
     )
