@@ -56,7 +56,7 @@ def closed_by_peer(sock: socket.socket, deadline: float) -> bool:
     "first_bytes",
     [
         b"GET /product?domain=1&asin=B000000001 HTTP/1.1\r\nHost: x\r\n",  # headers unfinished
-        b"POST /deal HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"page\":",  # short body
+        b'POST /deal HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"page":',  # short body
     ],
     ids=["headers", "body"],
 )
@@ -91,9 +91,11 @@ def test_no_grant_within_the_clients_limit_is_429_with_the_envelope(fleet_gw) ->
     assert body["tokensLeft"] <= 0
     assert body["refillRate"] == 1 and body["refillIn"] >= 0 and body["timestamp"] > 0
     wait_until(
-        lambda: (s := fleet.status())
-        and s["permits"]["queued"] == 0
-        and client_status(fleet, "gateway/patient").get("waiting") == 0,
+        lambda: (
+            (s := fleet.status())
+            and s["permits"]["queued"] == 0
+            and client_status(fleet, "gateway/patient").get("waiting") == 0
+        ),
         20,
         message="the request cancelled at the broker",
     )
@@ -111,9 +113,8 @@ def test_a_client_hanging_up_during_the_keepa_call_leaves_its_permit_settled(
     fleet.sim_admin("fault", kind="delay", delay_s=3, path="/product")
     sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
     query = "&".join(f"{k}={v}" for k, v in PRODUCT.items())
-    sock.sendall(
-        f"GET /product?{query} HTTP/1.1\r\nHost: x\r\nX-Keepa-Fleet-Client: quitter\r\n\r\n".encode()
-    )
+    head = f"GET /product?{query} HTTP/1.1\r\nHost: x\r\nX-Keepa-Fleet-Client: quitter\r\n\r\n"
+    sock.sendall(head.encode())
     wait_until(
         lambda: client_status(fleet, "gateway/quitter").get("permits_held") == 1,
         20,
@@ -121,10 +122,12 @@ def test_a_client_hanging_up_during_the_keepa_call_leaves_its_permit_settled(
     )
     sock.close()  # mid-call: Keepa has the request
     row = wait_until(
-        lambda: (c := client_status(fleet, "gateway/quitter"))
-        and c["settles"] == 1
-        and c["permits_held"] == 0
-        and c,
+        lambda: (
+            (c := client_status(fleet, "gateway/quitter"))
+            and c["settles"] == 1
+            and c["permits_held"] == 0
+            and c
+        ),
         30,
         message="the permit settled",
     )
