@@ -134,3 +134,18 @@ def test_a_client_hanging_up_during_the_keepa_call_leaves_its_permit_settled(
     state = fleet.status()
     assert state["tokens"]["in_flight"] == 0 and state["tokens"]["unaccounted"] == 0
     assert row["tokens_spent"] == fleet.sim_state()["tokens_consumed"] > 0
+
+
+def test_a_huge_request_line_or_body_costs_nothing(fleet_gw) -> None:
+    fleet, gw = fleet_gw
+    long_url = requests.get(f"{gw.url}/product?asin={'B' * 70_000}&domain=1", timeout=10)
+    assert long_url.status_code == 414 and long_url.json()["error"]["message"]
+    bad_line = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    bad_line.sendall(b"NOT-HTTP\r\n\r\n")
+    assert b'"error"' in bad_line.recv(4096)
+    bad_line.close()
+    big = requests.post(f"{gw.url}/deal", data=b"{" * (gw.max_body_bytes + 1), timeout=10)
+    assert big.status_code == 413 and "body over" in big.json()["error"]["message"]
+    state = fleet.sim_state()
+    assert state["product_calls"] == 0 and state["deal_calls"] == 0
+    assert fleet.status()["permits"]["granted"] == 0
