@@ -74,6 +74,7 @@ def test_fleet_under_supervisord(tmp_path: Path, processes: Processes) -> None:
         {
             "FLEET_BROKER": broker,
             "FLEET_SIM_PORT": str(free_port()),
+            "FLEET_GATEWAY_LISTEN": f"127.0.0.1:{free_port()}",  # issue 14
             "FLEET_DB": str(var / "fleet.db"),
             "KEEPA_REFILL_PERIOD_S": "0.5",
             "FLEET_SIM_REFILL_RATE": "200",
@@ -84,7 +85,6 @@ def test_fleet_under_supervisord(tmp_path: Path, processes: Processes) -> None:
             "FLEET_BROKER_SYNC_MIN_INTERVAL_S": "0.2",
             "FLEET_BROKER_SHORT_WAIT_S": "1",
             "FLEET_BROKER_METRICS_PORT": str(free_port()),
-            "FLEET_GATEWAY_LISTEN": f"127.0.0.1:{free_port()}",
             "FLEET_WORKER_DEALS_INTERVAL_S": "1",
             "FLEET_WORKER_RECONNECT_MAX_S": "1",
             "PYTHONPATH": str(ROOT),
