@@ -11,10 +11,12 @@ from fleet import Fleet
 from gateway_support import client_status
 from support import wait_until
 
-from common.errors import PermitRejected, PermitTimeout
+from common.errors import ConfigError, PermitRejected, PermitTimeout
 from gateway.client import Fleet as FleetClient
 from gateway.client import connect
+from gateway.clients import MAX_CLIENT_PRIORITY, ClientStore
 from sim.catalog import Catalog
+from workers.stages import PRIORITY_COMMIT
 
 ASINS = Catalog(seed=7).asins(0, 3)  # the fleet's simulator runs seed 7
 
@@ -113,3 +115,15 @@ def test_a_permit_the_account_can_never_grant_is_rejected(fleet_broker, script) 
     with pytest.raises(PermitRejected) as info, script.permit(cost=3001):
         pytest.fail("the block must not run")
     assert info.value.reason == "too_large"
+
+
+def test_no_client_outranks_the_workers_commits(fleet_broker, script, tmp_path) -> None:
+    assert MAX_CLIENT_PRIORITY < PRIORITY_COMMIT
+    with pytest.raises(ConfigError), script.permit(cost=1, priority=PRIORITY_COMMIT):
+        pytest.fail("the block must not run")
+    with pytest.raises(ConfigError):
+        connect("greedy", broker=fleet_broker.broker_address, priority=PRIORITY_COMMIT)
+    with pytest.raises(ConfigError):
+        ClientStore(tmp_path / "clients.json").add("greedy", priority=PRIORITY_COMMIT)
+    state = fleet_broker.status()
+    assert state["permits"]["granted"] == 0 and state["permits"]["queued"] == 0
