@@ -314,7 +314,7 @@ def _fleet_causes(r: dict[str, Any], p: Params) -> list[str]:
             f"Balance down to {r['min_tokens_left']}, {r['status_429']} 429(s): "
             f"{r['overruns']} of {r['calls']} calls cost more than their permit "
             f"({r['overrun_tokens']} tokens over in all). Permits are sized by the fleet's cost "
-            "model (`workers/costs.py`): `worker.cost_per_product` (default 5) per ASIN until "
+            "model (`common/costs.py`): `worker.cost_per_product` (default 5) per ASIN until "
             "the first answer, then the largest of the last 8 per-product costs seen; an "
             "`offers=20` product costs 6–12 tokens, so the first permits (and a batch dearer "
             "than the recent ones) overdraw the account before the broker hears the real cost."
