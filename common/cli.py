@@ -11,6 +11,7 @@ status      ``broker.status_cli``    ask the broker for the live state
 run         ``common.run``           the whole fleet under supervisord, in the foreground
 keys        ``broker.keys``          create CURVE key pairs for non-loopback brokers
 gateway     ``gateway.cli``          Keepa-compatible HTTP gateway for other programs
+db          ``common.db_copy``       ``db copy``: the database to another backend
 ==========  =======================  =================================================
 """
 
@@ -43,6 +44,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check": ("common.check", "check a Keepa key with /token (free): plan, clock, costs"),
     "queries": ("common.queries_cli", "list and check the deal queries, with their cost an hour"),
     "gateway": ("gateway.cli", "run the Keepa-compatible HTTP gateway for other programs"),
+    "db": ("common.db_copy", "copy the database to another one (SQLite <-> PostgreSQL)"),
 }
 
 log = logging.getLogger("keepa_fleet")

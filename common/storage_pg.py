@@ -64,6 +64,7 @@ RETRY_MAX_S = 2.0
 WRITE_LOCK_KEY = 0x6B666C656574_01
 MIGRATE_LOCK_KEY = 0x6B666C656574_02
 
+STARTING_SQLSTATES = (None, "57P03")  # 57P03: cannot_connect_now (starting, shutting down)
 RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 
 _T = TypeVar("_T")
@@ -179,7 +180,10 @@ class PostgresStorage(Storage):
                 storage._conn = PgConnection(psycopg.connect(autocommit=True, **params))
                 break
             except psycopg.OperationalError as exc:
-                if time.monotonic() + delay > deadline:
+                # A refused or timed-out connection (no SQLSTATE) or a server starting up is
+                # worth waiting for; what the server refused (no such database, bad password)
+                # is not.
+                if exc.sqlstate not in STARTING_SQLSTATES or time.monotonic() + delay > deadline:
                     raise StorageError(
                         f"cannot connect to the database {storage.path}: {_reason(exc)}"
                     ) from None
