@@ -214,7 +214,7 @@ def _read_table(
         raw = storage.conn.raw
         with raw.transaction(), raw.cursor(name=f"copy_{table}") as cur:
             cur.itersize = batch
-            cur.execute(sql)  # type: ignore[arg-type]
+            cur.execute(sql)
             columns: list[str] | None = None
             while chunk := cur.fetchmany(batch):
                 columns = columns or [d.name for d in cur.description or ()]
@@ -243,7 +243,7 @@ def _write_rows(
             f"ON CONFLICT ({', '.join(key)}) {conflict}"
         )
         with storage.conn.raw.cursor() as cur:
-            cur.executemany(sql, rows)  # type: ignore[arg-type]
+            cur.executemany(sql, rows)
         return
     marks = ", ".join("?" * len(columns))
     storage.conn.executemany(
