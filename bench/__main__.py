@@ -28,6 +28,9 @@ BENCHMARKS: list[ModuleType] = [utilization, capacity, scaling, heartbeats, soak
 from bench import web_deals  # noqa: E402  (issue 15, the dashboard; a line of its own)
 
 BENCHMARKS.append(web_deals)
+from bench import claims  # noqa: E402  (issue 17, PostgreSQL vs SQLite claims; its own line)
+
+BENCHMARKS.append(claims)
 OUTPUT = harness.ROOT / "BENCHMARKS.md"
 
 HEADER = """# Benchmarks
