@@ -129,12 +129,14 @@ def main() -> None:
     parser.add_argument("--relay", required=True, metavar="HOST:PORT")
     parser.add_argument("--refill-rate", type=int, default=200)
     parser.add_argument("--refill-period", type=float, default=0.5)
+    parser.add_argument("--latency-scale", type=float, default=0.0)
     args = parser.parse_args()
     server = SimServer(
         port=args.port,
         refill_rate=args.refill_rate,
         refill_period_s=args.refill_period,
         seed=7,
+        latency_scale=args.latency_scale,
         strict_offer_cap=True,
     )
     counts = Counts()
