@@ -454,6 +454,7 @@ def test_two_hosts_share_the_fleet(hosts: TwoHosts, tmp_path: Path) -> None:
             deals=deals[0] if deals else 0,
             tokens_consumed_sim=sim["tokens_consumed"],
             tokens_spent_broker=state.get("tokens", {}).get("spent"),
+            tokens_unaccounted_broker=state.get("tokens", {}).get("unaccounted"),
             spent_by_host=spent,
             asins_peeked=len(final["peeks"]),
             asins_peeked_more_than_once=sum(1 for n in final["peeks"].values() if n > 1),
