@@ -127,6 +127,7 @@ def copy_database(
     batch: int = BATCH_ROWS,
     progress: Progress | None = None,
     clock: Callable[[], float] = time.monotonic,
+    now: float | None = None,
 ) -> CopyResult:
     """Copy every table of ``source`` into ``target`` (see the module's text). Raises
     CopyRefused (nothing written) for a non-empty target without ``replace`` or the source as
@@ -143,6 +144,12 @@ def copy_database(
         if src.schema_version() != dst.schema_version():  # both migrated: cannot differ
             raise StorageError(
                 f"schema versions differ: {src.schema_version()} and {dst.schema_version()}"
+            )
+        live = _live_claims(src, time.time() if now is None else now)
+        if live:
+            say(
+                f"warning: {live} claims in the source are live: is the fleet still running? "
+                "(they are copied as they are and expire in the target)"
             )
         try:
             rows = _copy(src, dst, replace=replace, batch=batch, say=say, clock=clock)
@@ -188,6 +195,13 @@ def _copy(
             done[table] = n
             say(f"{table}: {n} rows")
     return done
+
+
+def _live_claims(storage: Storage, now: float) -> int:
+    return sum(
+        int(storage._read(f"SELECT count(*) FROM {t} WHERE claim_expires > ?", (now,))[0][0])
+        for t in ("candidates", "deals")
+    )
 
 
 def _non_empty(storage: Storage) -> str:
