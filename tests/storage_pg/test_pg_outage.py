@@ -149,3 +149,19 @@ def test_opening_while_the_server_is_down_is_a_clear_error(cluster: PgCluster, u
     with pytest.raises(StorageError, match="cannot connect to the database") as err:
         QuickOpen.open_url(url.replace("postgres@", "postgres:pw@"))
     assert "pw" not in str(err.value)
+
+
+def test_only_a_server_not_there_yet_is_waited_for(cluster: PgCluster, url: str) -> None:
+    """Opening retries a refused connection (a server starting), not what the server itself
+    refused (no such database): that is reported at once."""
+    import psycopg
+
+    from common.storage_pg import _worth_waiting
+
+    with pytest.raises(psycopg.OperationalError) as missing:
+        psycopg.connect(url.rsplit("/", 1)[0] + "/no_such_database", connect_timeout=5)
+    assert not _worth_waiting(missing.value)
+    cluster.stop_server()
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(url, connect_timeout=5)
+    assert _worth_waiting(refused.value)
