@@ -31,6 +31,9 @@ BENCHMARKS.append(web_deals)
 from bench import gateway_mix  # noqa: E402  (issue 14, the gateway; a line of its own)
 
 BENCHMARKS.append(gateway_mix)
+from bench import claims  # noqa: E402  (issue 17, PostgreSQL vs SQLite claims; its own line)
+
+BENCHMARKS.append(claims)
 OUTPUT = harness.ROOT / "BENCHMARKS.md"
 
 HEADER = """# Benchmarks

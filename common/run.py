@@ -24,6 +24,7 @@ from typing import Any
 
 from common.config import Settings, load_settings
 from common.errors import ConfigError
+from common.storage import is_postgres_url
 
 DEFAULT_WORKERS = 4
 DEFAULT_METRICS_PORT = 9464
@@ -135,7 +136,10 @@ def fleet_environment(
     db = Path(settings.worker.db)
     if "FLEET_DB" not in env and str(db) == "var/fleet.db":
         db = var_dir / "fleet.db"
-    env["FLEET_DB"] = str(db.resolve())
+    # A postgresql:// URL is passed on as it is (a Path would fold its "//").
+    env["FLEET_DB"] = (
+        settings.worker.db if is_postgres_url(settings.worker.db) else str(db.resolve())
+    )
     env.setdefault("FLEET_BROKER_METRICS_PORT", str(DEFAULT_METRICS_PORT))
     env.setdefault("FLEET_WEB_LISTEN", DEFAULT_WEB_LISTEN)
     env.setdefault("PYTHONUNBUFFERED", "1")
