@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test browser bench bench-full lint fmt typecheck clean
+.PHONY: run test browser bench bench-full lint fmt typecheck clean pg-server
 
 $(STAMP): pyproject.toml
 	@echo "keepa-fleet: installing into $(VENV) (first run, or pyproject.toml changed)"
@@ -41,6 +41,11 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
 	$(BIN)/python -m bench --profile full
+
+## pg-server: install the PostgreSQL server the storage and two-host tests start (Debian, root)
+pg-server:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(apt-get update && apt-get install -y --no-install-recommends postgresql)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

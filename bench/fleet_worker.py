@@ -24,9 +24,9 @@ from typing import Any
 
 from bench.harness import child_ready, child_result, child_wait_go
 from common.config import load_settings
-from common.errors import BrokerUnavailable, FleetError, PermitTimeout
+from common.costs import ProductCostModel, offers_bound_per_product
+from common.errors import BrokerUnavailable, FleetError, KeepaNotEnoughTokens, PermitTimeout
 from common.keepa import KeepaClient, KeepaResponse
-from workers.costs import ProductCostModel, offers_bound_per_product
 from workers.link import BrokerLink
 from workers.permit_client import BrokerPermitClient
 
@@ -69,6 +69,11 @@ def main() -> None:
     done = calls = errors = tokens = 0
     overruns = overrun_tokens = 0  # calls that cost more than their permit, and by how much
     call_s_sum = 0.0
+    # A batch that needed more than one attempt (a 429 another program caused, a timeout):
+    # from its first attempt (sent, else asked) to the send that worked, the time the worker
+    # lost on it (bench.gateway_mix reads it).
+    lost_s = 0.0
+    status_429 = 0
     last_send = started
     next_refill_at: float | None = None
     error_kinds: dict[str, int] = {}
@@ -86,6 +91,8 @@ def main() -> None:
             "call_s_sum": call_s_sum,
             "errors": errors,
             "error_kinds": error_kinds,
+            "lost_s": lost_s,
+            "status_429": status_429,
             "started": started,
             "last_send": last_send,
             "next_refill_at": next_refill_at,
@@ -96,6 +103,7 @@ def main() -> None:
 
     for i in range(0, len(asins), args.batch):
         chunk = asins[i : i + args.batch]
+        first_try = 0.0  # when the first attempt of this batch was sent (else asked)
         for _ in range(MAX_ATTEMPTS):
             sent_at = [0.0]
 
@@ -115,6 +123,7 @@ def main() -> None:
                 resp = permits.call(cost, fn)
             except (BrokerUnavailable, PermitTimeout, FleetError) as exc:
                 errors += 1
+                status_429 += isinstance(exc, KeepaNotEnoughTokens)
                 kind = type(exc).__name__
                 error_kinds[kind] = error_kinds.get(kind, 0) + 1
                 print(f"{args.id}: {kind}: {exc}"[:300], file=sys.stderr, flush=True)
@@ -122,10 +131,13 @@ def main() -> None:
                     link.wait_ready(CONNECT_TIMEOUT_S)
                 continue
             finally:
+                if not first_try:
+                    first_try = sent_at[0] or asked
                 if sent_at[0]:
                     last_send = max(last_send, sent_at[0])
                     intervals.append([asked, sent_at[0]])
             calls += 1
+            lost_s += max(0.0, sent_at[0] - first_try)
             call_s_sum += resp.elapsed_s
             answered.append(time.time())
             env = resp.envelope

@@ -1,4 +1,10 @@
-"""Benchmark 1: token utilization, fleet vs peer, on one simulated account.
+"""Benchmark 1, a smoke test: token utilization, fleet vs peer, on one simulated account.
+
+This is the first release's short profile, kept as a smoke test: an offer call of ~5 s
+against a 1-s refill step lasts five steps, where on Keepa it lasts a twelfth of one, and a
+run stops after 50 s, so its figures are mostly the start-up transient, not what a user's
+fleet gets. Benchmark 7 (``bench.proportions``) measures utilization and drain time in
+Keepa's proportions; benchmark 8 (``bench.keepa_step``) the peer at Keepa's own step.
 
 The simulator runs a short refill step and Keepa-like latency (seconds per offer call). A
 fixed backlog of catalog ASINs is peeked with ``offers=20`` by N processes on each side
@@ -21,7 +27,7 @@ from bench import harness as h
 from common.config import BrokerSettings
 
 NAME = "utilization"
-TITLE = "1. Token utilization, fleet vs peer"
+TITLE = "1. Smoke test: token utilization, fleet vs peer, on a 1-s step (not Keepa's proportions)"
 
 GOAL_UTILIZATION = 0.99
 GOAL_R2F_MEDIAN_MS = 20.0
@@ -315,7 +321,7 @@ def _fleet_causes(r: dict[str, Any], p: Params) -> list[str]:
             f"Balance down to {r['min_tokens_left']}, {r['status_429']} 429(s): "
             f"{r['overruns']} of {r['calls']} calls cost more than their permit "
             f"({r['overrun_tokens']} tokens over in all). Permits are sized by the fleet's cost "
-            "model (`workers/costs.py`): `worker.cost_per_product` (default 5) per ASIN until "
+            "model (`common/costs.py`): `worker.cost_per_product` (default 5) per ASIN until "
             "the first answer, then the largest of the last 8 per-product costs seen; an "
             "`offers=20` product costs 6–12 tokens, so the first permits (and a batch dearer "
             "than the recent ones) overdraw the account before the broker hears the real cost."

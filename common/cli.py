@@ -12,6 +12,7 @@ run         ``common.run``           the whole fleet under supervisord, in the f
 keys        ``broker.keys``          create CURVE key pairs for non-loopback brokers
 gateway     ``gateway.cli``          Keepa-compatible HTTP gateway for other programs
 web         ``web.cli``              the web dashboard: deals, why not, the live fleet
+db          ``common.db_copy``       ``db copy``: the database to another backend
 ==========  =======================  =================================================
 """
 
@@ -45,6 +46,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "queries": ("common.queries_cli", "list and check the deal queries, with their cost an hour"),
     "gateway": ("gateway.cli", "run the Keepa-compatible HTTP gateway for other programs"),
     "web": ("web.cli", "run the web dashboard: deals, why not, the live fleet"),
+    "db": ("common.db_copy", "copy the database to another one (SQLite <-> PostgreSQL)"),
 }
 
 log = logging.getLogger("keepa_fleet")

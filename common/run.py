@@ -24,6 +24,7 @@ from typing import Any
 
 from common.config import Settings, load_settings
 from common.errors import ConfigError
+from common.storage import is_postgres_url
 
 DEFAULT_WORKERS = 4
 DEFAULT_METRICS_PORT = 9464
@@ -135,7 +136,10 @@ def fleet_environment(
     db = Path(settings.worker.db)
     if "FLEET_DB" not in env and str(db) == "var/fleet.db":
         db = var_dir / "fleet.db"
-    env["FLEET_DB"] = str(db.resolve())
+    # A postgresql:// URL is passed on as it is (a Path would fold its "//").
+    env["FLEET_DB"] = (
+        settings.worker.db if is_postgres_url(settings.worker.db) else str(db.resolve())
+    )
     env.setdefault("FLEET_BROKER_METRICS_PORT", str(DEFAULT_METRICS_PORT))
     env.setdefault("FLEET_WEB_LISTEN", DEFAULT_WEB_LISTEN)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -213,7 +217,9 @@ def progress_line(state: dict[str, Any] | None, elapsed_s: float) -> str:
         return f"{stamp} [{elapsed_s:5.0f}s] broker not answering yet (starting, or down)"
     tokens = state.get("tokens", {})
     permits = state.get("permits", {})
-    workers = state.get("workers", [])
+    # Gateway clients (role "client") are listed among the peers but are not workers.
+    workers = [w for w in state.get("workers", []) if w.get("role") != "client"]
+    clients = len(state.get("clients") or [])
     pipeline = state.get("pipeline") or {}
     keepa = state.get("keepa", {})
     alive = sum(1 for w in workers if w.get("state") in ("alive", "waiting"))
@@ -221,7 +227,8 @@ def progress_line(state: dict[str, Any] | None, elapsed_s: float) -> str:
     return (
         f"{stamp} [{elapsed_s:5.0f}s] tokens {tokens.get('now', '?')}/{tokens.get('cap', '?')} "
         f"avail {tokens.get('available', '?')} rate {tokens.get('refill_rate', '?')}/step"
-        f"{mode} | workers {alive}/{len(workers)} | permits {permits.get('granted', 0)} "
+        f"{mode} | workers {alive}/{len(workers)}{f' + {clients} clients' if clients else ''}"
+        f" | permits {permits.get('granted', 0)} "
         f"granted, {permits.get('queued', 0)} queued | deals {pipeline.get('deals_live', 0)} "
         f"live, {pipeline.get('candidates_waiting', 0)} candidates | 429s "
         f"{keepa.get('status_429', 0)} | kills {len(state.get('kills', []))}"

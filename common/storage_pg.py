@@ -64,6 +64,9 @@ RETRY_MAX_S = 2.0
 WRITE_LOCK_KEY = 0x6B666C656574_01
 MIGRATE_LOCK_KEY = 0x6B666C656574_02
 
+# A refused connection says the server is not there (yet); one it answered with FATAL is
+# final, unless it says it is starting, stopping or full (libpq gives no SQLSTATE here).
+PASSING_FATALS = ("starting up", "shutting down", "in recovery", "too many clients")
 RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 
 _T = TypeVar("_T")
@@ -179,7 +182,10 @@ class PostgresStorage(Storage):
                 storage._conn = PgConnection(psycopg.connect(autocommit=True, **params))
                 break
             except psycopg.OperationalError as exc:
-                if time.monotonic() + delay > deadline:
+                # A refused or timed-out connection (no SQLSTATE) or a server starting up is
+                # worth waiting for; what the server refused (no such database, bad password)
+                # is not.
+                if not _worth_waiting(exc) or time.monotonic() + delay > deadline:
                     raise StorageError(
                         f"cannot connect to the database {storage.path}: {_reason(exc)}"
                     ) from None
@@ -402,6 +408,11 @@ class PostgresStorage(Storage):
         """The pipeline's rule that an ASIN is in at most one of candidates/deals/rejections
         (the server looks after its own files)."""
         return self._one_table_check()
+
+
+def _worth_waiting(exc: psycopg.OperationalError) -> bool:
+    text = str(exc)
+    return "FATAL:" not in text or any(p in text for p in PASSING_FATALS)
 
 
 def _reason(exc: BaseException) -> str:

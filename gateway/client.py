@@ -123,9 +123,15 @@ class Fleet:
         """Wait for ``cost`` tokens; settle on the way out (see the module docstring).
 
         Raises PermitTimeout (no grant within ``wait_s``), PermitRejected (``too_large``:
-        more than the account can ever grant) or BrokerUnavailable before the block runs."""
+        more than the account can ever grant) or BrokerUnavailable before the block runs;
+        ConfigError for a priority above ``MAX_CLIENT_PRIORITY`` (the workers' commits
+        outrank every client)."""
+        from gateway.clients import check_priority
+
         held = self._link.acquire(
-            cost, priority=self.priority if priority is None else priority, wait_s=wait_s
+            cost,
+            priority=self.priority if priority is None else check_priority(priority),
+            wait_s=wait_s,
         )
         p = Permit(self._link, held)
         try:

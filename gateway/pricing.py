@@ -1,5 +1,5 @@
 """The most a Keepa call can cost, from its path and parameters: the permit the gateway asks
-for. The prices are the workers' (``workers.costs``: one source for both); what this module
+for. The prices are the workers' (``common.costs``: one source for both); what this module
 adds is reading them off a request it did not build.
 
 =============  ==========================================================================
@@ -25,8 +25,8 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
+from common.costs import DEAL_PAGE_COST, LIGHT_COST_PER_PRODUCT, offers_bound_per_product
 from common.keepa import MAX_ASINS_PER_CALL
-from workers.costs import DEAL_PAGE_COST, LIGHT_COST_PER_PRODUCT, offers_bound_per_product
 
 # Extras per product (KEEPA_API.md: buybox +2, rating up to +1). Keepa documents stock as an
 # extra too; its price is taken as 2 per product, erring high.

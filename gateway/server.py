@@ -37,6 +37,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -282,11 +283,21 @@ class GatewayHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._serve("DELETE")
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's own refusals (414, a malformed request line, 501) in Keepa's JSON
+        error shape instead of an HTML page."""
+        try:
+            phrase = message or HTTPStatus(code).phrase
+        except ValueError:
+            phrase = message or "error"
+        self._answer(code, error_body(None, "badRequest", phrase), True)
+
     def log_message(self, format: str, *args: Any) -> None:  # the path only: no query, no key
         log.debug("%s %s", self.address_string(), format % args if "%" in format else format)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        path = urllib.parse.urlsplit(self.path).path
+        # No path when the request line itself was refused (414, a malformed line).
+        path = urllib.parse.urlsplit(getattr(self, "path", "") or "").path
         log.debug("%s %s %s -> %s", self.address_string(), self.command, path[:100], code)
 
     # --- one request --------------------------------------------------------------------

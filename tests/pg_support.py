@@ -145,6 +145,17 @@ class PgCluster:
                 f"{' '.join(argv[:1])} failed ({done.returncode}): {done.stderr.strip()}\n{log}"
             )
 
+    def stop_server(self) -> None:
+        """Stop the server only (its data stays): the outage tests. ``start_again()``."""
+        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
+                   "-t", "30", "stop"])  # fmt: skip
+        self.started = False
+
+    def start_again(self) -> None:
+        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
+                   "-w", "-t", str(START_TIMEOUT_S), "start"])  # fmt: skip
+        self.started = True
+
     def stop(self) -> None:
         """Stop the server (fast, then immediate) and remove its directory."""
         if self.started:

@@ -9,7 +9,7 @@ module                      what it holds
 ``workers.permit_client``   ``PermitClient`` (what stages spend tokens through) over the link
 ``workers.stages``          the pipeline stages: deals, ingest, refresh (``build_stages``)
 ``workers.filters``         the deal filters and the reasons they reject
-``workers.costs``           the token cost model of ``/product`` calls
+``workers.costs``           moved to ``common.costs`` (shared with the gateway); a re-export
 ==========================  ==============================================================
 
 Threads of a worker process: the work loop (main thread, runs the stages, the only one that

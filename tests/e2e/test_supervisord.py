@@ -74,6 +74,7 @@ def test_fleet_under_supervisord(tmp_path: Path, processes: Processes) -> None:
         {
             "FLEET_BROKER": broker,
             "FLEET_SIM_PORT": str(free_port()),
+            "FLEET_GATEWAY_LISTEN": f"127.0.0.1:{free_port()}",  # issue 14
             "FLEET_DB": str(var / "fleet.db"),
             "KEEPA_REFILL_PERIOD_S": "0.5",
             "FLEET_SIM_REFILL_RATE": "200",

@@ -3,43 +3,15 @@ a thread, the unmodified keepa package through it."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
+import keepa
 import pytest
 import requests
-from fleet import Fleet
 from support import wait_until
 
-from common.config import load_settings
-from gateway.clients import ClientStore
-from gateway.server import Gateway
 from sim.catalog import Catalog
 
 
-@pytest.fixture
-def fleet_gw(request, processes, tmp_path: Path):
-    rate, tokens = getattr(request, "param", (200, None))
-    fleet = Fleet(processes, tmp_path, refill_rate=rate, refill_period_s=0.5, tokens=tokens)
-    fleet.start_sim()
-    fleet.start_broker()
-    old = dict(os.environ)
-    os.environ.update(fleet.env)
-    try:
-        settings = load_settings(None)
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
-    gw = Gateway(settings, ClientStore(tmp_path / "clients.json"), listen="127.0.0.1:0")
-    gw.start_thread()
-    try:
-        yield fleet, gw
-    finally:
-        gw.close()
-
-
 def test_keepa_package_through_the_gateway_is_a_client_with_its_spend(fleet_gw) -> None:
-    keepa = pytest.importorskip("keepa")
     from gateway.client import use_gateway
 
     fleet, gw = fleet_gw
@@ -97,7 +69,7 @@ def test_huge_body_is_413(fleet_gw) -> None:
     assert r.status_code == 413
 
 
-@pytest.mark.parametrize("fleet_gw", [(50, None)], indirect=True)  # cap 60 x 50 = 3000
+@pytest.mark.parametrize("fleet_broker", [(50, None)], indirect=True)  # cap 60 x 50 = 3000
 def test_a_call_that_can_never_be_granted_is_400_saying_why(fleet_gw) -> None:
     _, gw = fleet_gw
     asins = ",".join(f"B0{i:08d}" for i in range(1, 100))  # 99 x 60 > 3000
@@ -111,7 +83,7 @@ def test_a_call_that_can_never_be_granted_is_400_saying_why(fleet_gw) -> None:
 
 
 # An account far below zero: nothing is granted for many refill periods.
-@pytest.mark.parametrize("fleet_gw", [(1, -100000)], indirect=True)
+@pytest.mark.parametrize("fleet_broker", [(1, -100000)], indirect=True)
 def test_a_client_that_hangs_up_mid_wait_leaves_no_permit(fleet_gw) -> None:
     import socket
 

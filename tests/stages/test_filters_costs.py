@@ -8,7 +8,7 @@ import pytest
 from stages.stage_support import product as stage_product
 
 from common.config import FilterSettings
-from workers.costs import DEAL_PAGE_COST, ProductCostModel, offers_bound_per_product
+from common.costs import DEAL_PAGE_COST, ProductCostModel, offers_bound_per_product
 from workers.filters import check, facts
 
 SETTINGS = FilterSettings(

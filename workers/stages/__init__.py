@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from common.config import FilterSettings, Settings
+from common.costs import LIGHT_COST_PER_PRODUCT, ProductCostModel, offers_bound_per_product
 from common.errors import PermitRejected
 from common.keepa import KeepaClient, KeepaResponse
 from common.procinfo import this_host
 from common.storage import Rejection, Storage
-from workers.costs import LIGHT_COST_PER_PRODUCT, ProductCostModel, offers_bound_per_product
 from workers.filters import PRICE_NEW, Facts, check, facts
 
 if TYPE_CHECKING:

@@ -32,8 +32,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from common.costs import DEAL_PAGE_COST
 from common.queries import DEFAULT_QUERY_NAME, Query, queries_of
-from workers.costs import DEAL_PAGE_COST
 from workers.stages import PRIORITY_DEALS, URGENCY_NONE, Pipeline
 
 if TYPE_CHECKING:
