@@ -106,6 +106,9 @@ class Fleet:
             str(self.latency_scale),
             # Keepa's documented cap of 20 ASINs with offers: code that breaks it fails here.
             "--strict-offer-cap",
+            # Keepa's 120-s deal cache on this fleet's clock (the step shortened, so it is too).
+            "--deal-cache",
+            str(120.0 * self.refill_period_s / 60.0),
         )
         if self.tokens is not None:
             argv += ["--tokens", str(self.tokens)]

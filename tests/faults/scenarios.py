@@ -40,6 +40,8 @@ from typing import Any
 from fleet import Fleet
 from support import Processes, wait_until
 
+from common.config import BrokerSettings
+
 REFILL_RATE = 80
 REFILL_PERIOD_S = 0.25
 STEP_MARGIN_MS = 100  # see quiet_snapshot
@@ -632,7 +634,7 @@ def external_and_plan(fleet: Fleet) -> Figures:
         message="the broker seeing the plan back down",
     )
     plan_down_s = time.monotonic() - t2
-    assert state(fleet)["tokens"]["max_cost"] == 60 * REFILL_RATE
+    assert state(fleet)["tokens"]["max_cost"] == 60 * REFILL_RATE + BrokerSettings().max_deficit
     done0 = fleet.done()
     wait_until(lambda: fleet.done() > done0, START_BOUND_S, interval=0.05, message="working")
     figures = check(fleet)
