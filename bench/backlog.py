@@ -45,6 +45,8 @@ class RunSpec:
     time_limit_s: float
     seed: int = 1
     broker_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    asins: tuple[str, ...] = ()  # the backlog itself; default: the first `backlog` of the catalog
+    peer_args: tuple[str, ...] = ()  # extra arguments of every bench.peer process
 
 
 def shares(asins: list[str], n: int) -> list[list[str]]:
@@ -75,7 +77,7 @@ def run_backlog(spec: RunSpec, log_dir: Path, label: str) -> dict[str, Any]:
             latency_scale=spec.latency_scale,
             seed=spec.seed,
         )
-        asins = sim.catalog(spec.backlog)
+        asins = list(spec.asins) if spec.asins else sim.catalog(spec.backlog)
         env = h.broker_env(address, sim.url, key, spec.refill_period_s)
         children = []
         for i, share in enumerate(shares(asins, spec.processes)):
@@ -86,7 +88,9 @@ def run_backlog(spec: RunSpec, log_dir: Path, label: str) -> dict[str, Any]:
                     "bench.fleet_worker", "--id", wid, "--stats", str(STATS_DAYS), *same
                 )
             else:
-                argv = h.python_command("bench.peer", "--sim", sim.url, "--key", key, *same)
+                argv = h.python_command(
+                    "bench.peer", "--sim", sim.url, "--key", key, *same, *spec.peer_args
+                )
             children.append(procs.start(f"{spec.side}{i:02d}", argv, env=env, pipes=True))
         h.wait_ready(children, timeout_s=180)
         sim.admin("tokens", key=key, tokens=spec.initial_tokens)
@@ -199,6 +203,11 @@ def summarize(
         "calls": sum(int(r.get("calls", 0)) for r in reports),
         "tokens_left_end": int(s1["tokens_left"]),
         "tokens_per_item": _tokens_per_item(spec.side, reports, used, items),
+        "deals": sum(int(r.get("deals", 0)) for r in reports),
+        # Fleet: every permit's wait, ask -> send (the peer's intervals are 429 sleeps).
+        "permit_waits_ms": [
+            (b - a) * 1000.0 for r in reports if "sends" not in r for a, b in r.get("intervals", [])
+        ],
         "items_per_s": items / ((done_at if finished else t_end) - t_go),
     }
     if broker_state is not None:

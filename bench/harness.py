@@ -296,8 +296,13 @@ def start_sim(
     latency_scale: float,
     seed: int = 1,
     name: str = "sim",
+    deal_interval_s: float | None = None,
+    deal_cache_s: float | None = None,
 ) -> Sim:
     port = free_port()
+    feed = [] if deal_interval_s is None else ["--deal-interval", str(deal_interval_s)]
+    if deal_cache_s is not None:
+        feed += ["--deal-cache", str(deal_cache_s)]
     child = procs.start(
         name,
         fleet_command(
@@ -312,6 +317,7 @@ def start_sim(
             str(seed),
             "--latency-scale",
             str(latency_scale),
+            *feed,
         ),
     )
     sim = Sim(f"http://127.0.0.1:{port}", child)

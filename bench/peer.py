@@ -96,6 +96,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--offers", type=int, default=20)
     parser.add_argument("--asins", required=True)
+    parser.add_argument(
+        "--judge",
+        action="store_true",
+        help="judge each product with the fleet's default filters, as a user's scanner "
+        "does with what it bought, and report the deals found",
+    )
     args = parser.parse_args()
     asins = [a for a in args.asins.split(",") if a]
 
@@ -109,12 +115,23 @@ def main() -> None:
     child_ready()
     child_wait_go()
 
+    judge: Callable[[dict[str, Any]], bool] | None = None
+    if args.judge:
+        from common.config import FilterSettings
+        from workers.filters import check, facts
+
+        filters = FilterSettings()
+
+        def judge(product: dict[str, Any]) -> bool:
+            return product.get("productType") == 0 and check(facts(product), filters) is None
+
     started = time.time()
-    done = calls = errors = 0
+    done = calls = errors = deals = 0
 
     def report() -> dict[str, Any]:
         return {
             "items": done,
+            "deals": deals,
             "calls": calls,
             "errors": errors,
             "started": started,
@@ -136,10 +153,12 @@ def main() -> None:
     for i in range(0, len(asins), args.batch):
         chunk = asins[i : i + args.batch]
         try:
-            api.query(
+            products = api.query(
                 chunk, offers=args.offers, stats=STATS_DAYS, history=False, progress_bar=False
             )
             done += len(chunk)
+            if judge is not None:
+                deals += sum(1 for p in products if judge(p))
             calls += 1
         except Exception as exc:  # the package raises RuntimeError for error statuses
             errors += 1

@@ -102,6 +102,8 @@ log = logging.getLogger(__name__)
 REFILL_PERIOD_S = 60.0  # Keepa's refill step; tests and the simulator shorten it
 SOFT_FLOOR = 20
 RESUME_AT = 60
+# Strict by default for a Ledger built by hand (tests); the fleet's setting
+# broker.max_deficit (common/config.py, 240) is what a broker is built with.
 MAX_DEFICIT = 0
 CAP_MINUTES = 60  # unused tokens expire after an hour: cap = 60 x refill rate
 # How far Keepa's clock may disagree with itself before an observation is treated as bogus.
@@ -285,6 +287,14 @@ class Ledger:
 
     def available(self, now: float) -> int:
         return self.projected(now) - self._in_flight_total
+
+    def spare(self, now: float) -> int:
+        """Tokens the next refill step would push over the cap, which Keepa drops: what an
+        idle fleet loses unless it spends them before that step (0 when it would not).
+        Tokens in flight count as spent, so this never overstates what is there to lose."""
+        if self._obs is None or self.refill_rate <= 0:
+            return 0
+        return max(0, self.available(now) + self.refill_rate - self.cap)
 
     def next_refill_at(self, now: float) -> float | None:
         """The first projected refill step after ``now`` (None before any observation)."""

@@ -502,7 +502,11 @@ class Broker:
             self._send_decision(decision, now)
         due = self.registry.heartbeats_due(now) if scan else []
         if due:
-            beat = protocol.Heartbeat(info={"max_cost": self.ledger.max_cost()}).encode()
+            # "spare": tokens the next refill would lose to the cap while nothing waits —
+            # workers may spend them on work that is not due yet (use it or lose it).
+            spare = self.ledger.spare(now) if self.permits.head_wait_s(now) is None else 0
+            info = {"max_cost": self.ledger.max_cost(), "spare": spare}
+            beat = protocol.Heartbeat(info=info).encode()
             for rec in due:
                 self._send_to(rec, beat, now)  # encoded once for all
         self.registry.purge(now)

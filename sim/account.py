@@ -67,6 +67,7 @@ class Account:
         self.min_tokens_left = self.balance
         self.tokens_consumed = 0
         self.external_consumed = 0
+        self.lost_to_cap = 0
         self.requests = 0
         self.calls: dict[str, int] = {"token": 0, "product": 0, "deal": 0}  # by route
         self.statuses: dict[int, int] = {}
@@ -91,7 +92,11 @@ class Account:
         if k > self._steps:
             # min(b + n*rate, cap) equals n single steps of min(b + rate, cap), also when b is
             # above the cap (set by hand) or far below zero.
-            self.balance = min(self.balance + (k - self._steps) * self.refill_rate, self.cap)
+            full = self.balance + (k - self._steps) * self.refill_rate
+            self.balance = min(full, self.cap)
+            # Keepa drops what lies above the cap: refills that found the account full are
+            # tokens nobody can spend (a balance set above the cap by hand loses its excess).
+            self.lost_to_cap += full - self.balance
             self._steps = k
 
     def _refill_in_ms(self, now: float) -> int:
@@ -178,6 +183,7 @@ class Account:
                 "tokens_left": self.balance,
                 "tokens_consumed": self.tokens_consumed,
                 "external_consumed": self.external_consumed,
+                "tokens_lost_to_cap": self.lost_to_cap,
                 "requests": self.requests,
                 "status_429": self.statuses.get(429, 0),
                 "statuses": {str(k): v for k, v in sorted(self.statuses.items())},

@@ -16,7 +16,9 @@ import requests
 from support import Processes, fleet_command, free_port, wait_until
 
 from broker.status_cli import fetch_status
-from common.config import SIM_DEMO_KEY
+from common.config import SIM_DEMO_KEY, BrokerSettings
+
+MAX_DEFICIT = BrokerSettings().max_deficit
 
 FAST_ENV = {
     "FLEET_BROKER_HEARTBEAT_S": "0.2",
@@ -104,6 +106,9 @@ class Fleet:
             str(self.latency_scale),
             # Keepa's documented cap of 20 ASINs with offers: code that breaks it fails here.
             "--strict-offer-cap",
+            # Keepa's 120-s deal cache on this fleet's clock (the step shortened, so it is too).
+            "--deal-cache",
+            str(120.0 * self.refill_period_s / 60.0),
         )
         if self.tokens is not None:
             argv += ["--tokens", str(self.tokens)]
@@ -222,7 +227,7 @@ class Fleet:
 
     # --- invariants ---------------------------------------------------------------------
 
-    def check_invariants(self, *, max_deficit: int = 0) -> dict[str, Any]:
+    def check_invariants(self, *, max_deficit: int = MAX_DEFICIT) -> dict[str, Any]:
         """What must hold after any run: no 429 caused by the fleet, the balance never below
         -max_deficit, a sound database in which every candidate is accounted for."""
         sim = self.sim_state()

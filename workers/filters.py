@@ -8,7 +8,8 @@
 filter            rejects when
 ================  =========================================================================
 ``no_price``      there is no current NEW price or no 90-day average (nothing to compare)
-``sales_rank``    the sales rank is unknown or above ``filters.max_sales_rank``
+``sales_rank``    the sales rank (now, else its 90-day average) is unknown or above
+                  ``filters.max_sales_rank``
 ``drop``          ``drop_percent`` < ``filters.min_drop_percent``
 ``profit``        ``profit`` < ``filters.min_profit``
 ``offers``        more than ``filters.max_offers`` competing new offers (an unknown count
@@ -99,6 +100,11 @@ def facts(product: Mapping[str, Any], price_type: int = PRICE_NEW) -> Facts:
         # With stats=90, "avg" is the 90-day weighted mean as well.
         avg90 = _price(_at(stats.get("avg"), price_type))
     rank = _price(_at(stats.get("current"), SALES_RANK))
+    if rank is None:
+        # Keepa's current rank is -1 for a while when a product's rank is being refreshed,
+        # while its 90-day average is known (a recorded body has it): judge on the average
+        # then, rather than rejecting a product whose rank is only momentarily missing.
+        rank = _price(_at(stats.get("avg90"), SALES_RANK))
     return Facts(
         asin=str(product.get("asin", "")).upper(),
         title=product.get("title") if isinstance(product.get("title"), str) else None,

@@ -72,6 +72,8 @@ from common.curve import setup_client
 from common.errors import BrokerUnavailable, ConfigError, ProtocolError
 
 log = logging.getLogger(__name__)
+# A spare figure older than this many heartbeats is not acted on (the broker is quiet).
+SPARE_FRESH_HEARTBEATS = 3
 
 # Link states.
 DISCONNECTED = "disconnected"
@@ -229,6 +231,7 @@ class BrokerLink:
         self.backoff = Backoff(reconnect_max_s, rng)
         self.broker_id = ""
         self._max_cost = 0
+        self._spare: tuple[int, float] = (0, 0.0)  # (tokens, when the broker said so)
         # Shared with the work loop (under _lock).
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -271,6 +274,13 @@ class BrokerLink:
     @property
     def max_cost(self) -> int:
         return self._max_cost
+
+    def spare(self) -> int:
+        """Tokens the broker says the next refill would lose to the cap (its latest
+        heartbeat, if fresher than ``SPARE_FRESH_HEARTBEATS`` heartbeats), else 0."""
+        tokens, at = self._spare
+        fresh = self._clock() - at <= SPARE_FRESH_HEARTBEATS * self.heartbeat_s
+        return tokens if fresh else 0
 
     def request(self, message: protocol.Request) -> Waiter:
         """Send a REQUEST; the returned waiter is resolved by GRANT/REJECT or failed when the
@@ -619,6 +629,9 @@ class BrokerLink:
         value = msg.info.get("max_cost")
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             self._max_cost = value
+        spare = msg.info.get("spare")
+        if isinstance(spare, int) and not isinstance(spare, bool) and spare >= 0:
+            self._spare = (spare, now)
 
     def handle_grant(self, msg: protocol.Grant, now: float) -> None:
         with self._lock:

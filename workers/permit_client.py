@@ -79,6 +79,11 @@ class PermitClient(Protocol):
         """The largest cost the broker says the account can ever grant; 0 = unknown."""
         ...
 
+    def spare(self) -> int:
+        """Tokens the next refill would lose to the cap while nothing waits (the broker's
+        latest word); work that is not due may spend them. 0 = none, or unknown."""
+        ...
+
     def advance(self, stage: str, items: int = 0) -> None:
         """The work loop's progress: counter +1, current stage, items done += items."""
         ...
@@ -151,6 +156,9 @@ class BrokerPermitClient:
 
     def max_cost(self) -> int:
         return self.link.max_cost
+
+    def spare(self) -> int:
+        return self.link.spare()
 
     def advance(self, stage: str, items: int = 0) -> None:
         self.link.work.advance(stage, items)

@@ -13,6 +13,9 @@ from support import wait_until
 
 from broker.server import HANDLERS, Broker
 from common import protocol
+from common.config import BrokerSettings
+
+MAX_COST = 1200 + BrokerSettings().max_deficit  # the fake account's cap (rate 20) + the deficit
 
 
 def test_every_handler_exists() -> None:
@@ -28,8 +31,8 @@ def test_hello_welcome(serve: Callable[..., Broker], peers: Callable[..., Peer])
     assert welcome.liveness == 50
     assert welcome.lease_ttl_s == pytest.approx(42.0)
     assert welcome.broker_id == status(broker.address)["broker_id"]
-    # The fake account: refill rate 20 -> cap 1200 (+ max_deficit 0).
-    assert welcome.max_cost == 1200
+    # The fake account: refill rate 20 -> cap 1200, + broker.max_deficit.
+    assert welcome.max_cost == MAX_COST
     w = worker_status(broker.address, "w1")
     assert w is not None and w["state"] == "alive" and w["pid"] == 4242
 
@@ -39,7 +42,8 @@ def test_heartbeats_both_ways(serve: Callable[..., Broker], peers: Callable[...,
     peer = peers(broker.address)
     peer.hello("w1")
     hb = peer.expect(protocol.Heartbeat)  # the broker heartbeats an idle worker
-    assert hb.info["max_cost"] == 1200
+    assert hb.info["max_cost"] == MAX_COST
+    assert hb.info["spare"] == 0  # 1000 + 20 at the next refill: below the cap, nothing lost
     pipeline = {"candidates_waiting": 7, "deals_live": 3, "deals_committed": 2}
     peer.send(
         protocol.Heartbeat(
@@ -214,7 +218,7 @@ def test_nonsense_requests_are_rejected(
     reject = peer.expect(protocol.Reject)
     assert reject.reason == reason
     if reason == "too_large":
-        assert reject.max_cost == welcome.max_cost == 1200
+        assert reject.max_cost == welcome.max_cost == MAX_COST
 
 
 def test_settles_count_429s_and_errors(
@@ -376,3 +380,18 @@ def test_a_gap_in_observations_brings_a_sync(
         10,
         message="syncs after each gap",
     )
+
+
+def test_heartbeats_tell_idle_workers_what_the_cap_would_drop(
+    serve: Callable[..., Broker], peers: Callable[..., Peer], fake_keepa: FakeKeepa
+) -> None:
+    fake_keepa.tokens_left = 1195  # cap 1200: the next refill of 20 would lose 15
+    broker = serve()
+    peer = peers(broker.address)
+    peer.hello("w1")
+    assert peer.expect(protocol.Heartbeat).info["spare"] == 15
+    # A request waiting for tokens will use them: nothing is spare while one waits.
+    peer.send(protocol.Request(seq=1, cost=MAX_COST))
+    # (A heartbeat already on its way may predate the request: the next ones follow it.)
+    seen = [peer.expect(protocol.Heartbeat).info["spare"] for _ in range(3)]
+    assert seen[-1] == 0 and seen[1:] == [0, 0], seen

@@ -12,7 +12,7 @@ cost estimate cannot be what overdraws it: the balance checks are sharp.
 The invariants (``check``), after every scenario:
 
 * no 429: ``status_429 == 0`` at the simulator;
-* the balance never below ``-max_deficit`` (0): ``min_tokens_left >= 0``;
+* the balance never below ``-max_deficit`` (the default): ``min_tokens_left >= -240``;
 * ``PRAGMA integrity_check`` is ``ok`` and every ASIN ever queued is a deal, a rejection or
   still a candidate;
 * reconciled: at a quiet moment (nothing in flight, no cost assumed, the simulator's counter
@@ -39,6 +39,8 @@ from typing import Any
 
 from fleet import Fleet
 from support import Processes, wait_until
+
+from common.config import BrokerSettings
 
 REFILL_RATE = 80
 REFILL_PERIOD_S = 0.25
@@ -218,7 +220,7 @@ def reconcile(fleet: Fleet) -> Figures:
 
 def check(fleet: Fleet) -> Figures:
     """Every invariant (module docstring); returns the reconciliation figures."""
-    fleet.check_invariants(max_deficit=0)
+    fleet.check_invariants()
     return reconcile(fleet)
 
 
@@ -632,7 +634,7 @@ def external_and_plan(fleet: Fleet) -> Figures:
         message="the broker seeing the plan back down",
     )
     plan_down_s = time.monotonic() - t2
-    assert state(fleet)["tokens"]["max_cost"] == 60 * REFILL_RATE
+    assert state(fleet)["tokens"]["max_cost"] == 60 * REFILL_RATE + BrokerSettings().max_deficit
     done0 = fleet.done()
     wait_until(lambda: fleet.done() > done0, START_BOUND_S, interval=0.05, message="working")
     figures = check(fleet)

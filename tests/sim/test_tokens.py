@@ -83,6 +83,8 @@ def test_balance_is_capped_at_60_times_the_rate(make_sim):
     )
     assert state["cap"] == 180
     assert state["tokens_left"] == 180  # 170 + 6 x 3 = 188 without the cap
+    # What the cap dropped is counted: every token refilled above 180 (nothing was spent).
+    assert state["tokens_lost_to_cap"] == 170 + 3 * state["refill_steps"] - 180
     # A balance set above the cap (by hand) falls to the cap at the next step.
     sim.admin("tokens", key=KEY, tokens=500).raise_for_status()
     steps = sim.state()["refill_steps"]
@@ -97,6 +99,8 @@ def test_full_account_starts_at_the_cap_and_stays_there(make_sim):
     assert sim.token().json()["tokensLeft"] == 240
     wait_until(lambda: sim.state()["refill_steps"] >= 3, 10, message="3 steps")
     assert sim.token().json()["tokensLeft"] == 240
+    state = sim.state()
+    assert state["tokens_lost_to_cap"] == 4 * state["refill_steps"]  # each step found it full
 
 
 def test_a_request_runs_on_a_positive_balance_and_may_drive_it_negative(make_sim):

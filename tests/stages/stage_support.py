@@ -34,6 +34,7 @@ class FakePermits:
         self.stopping = False
         self.stop_after_calls: int | None = None  # set stopping once this many calls settled
         self.worker_id = "w-test"
+        self.spare_tokens = 0  # what spare() says: tokens the next refill would lose
 
     def call(
         self,
@@ -61,6 +62,9 @@ class FakePermits:
         if self.stop_after_calls is not None and len(self.settles) >= self.stop_after_calls:
             self.stopping = True
         return resp
+
+    def spare(self) -> int:
+        return self.spare_tokens
 
     def max_cost(self) -> int:
         return self.known_max_cost

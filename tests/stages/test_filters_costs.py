@@ -138,3 +138,15 @@ def test_permits_never_ask_less_than_the_documented_worst_case() -> None:
     assert m.fit(50, 1200) == 50 and m.fit(50, 300) == 25
     m.observe(tokens_consumed=700, products_found=50)  # 14: Keepa charged above its docs
     assert m.estimate(50) == 700
+
+
+def test_a_missing_current_rank_is_judged_on_its_90_day_average() -> None:
+    # The recorded /product body without offers has rank -1 now and a known 90-day average.
+    prod = product(rank=-1)
+    prod["stats"]["avg90"][3] = 150_000
+    f = facts(prod)
+    assert f.sales_rank == 150_000
+    failure = check(f, SETTINGS)
+    assert failure is not None and failure.filter == "sales_rank"
+    prod["stats"]["avg90"][3] = 5000
+    assert check(facts(prod), SETTINGS) is None

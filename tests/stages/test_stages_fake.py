@@ -18,7 +18,7 @@ from stages.stage_support import (
 
 from common.errors import BrokerUnavailable, KeepaServerError
 from common.storage import MAX_CLAIM_ATTEMPTS, Storage
-from workers.stages import build_stages
+from workers.stages import PRIORITY_SPARE, URGENCY_SPARE, build_stages
 from workers.stages.deals import Scan
 
 T0 = 1_700_000_000.0
@@ -78,7 +78,9 @@ def test_ingest_peeks_once_and_commits_in_sub_batches(storage: Storage) -> None:
     assert done == 12
     peek, *commits = keepa.product_calls
     assert sorted(peek["asins"]) == sorted([*good, *bad])
-    assert peek["history"] is False and peek["offers"] == 20 and peek["stats"] == 90
+    # The peek reads stats only (no offers: 1 token a product); offers are bought for the
+    # survivors' commit alone.
+    assert peek["history"] is False and peek["offers"] is None and peek["stats"] == 90
     assert [len(c["asins"]) for c in commits] == [2, 2, 1]
     assert all(c["history"] is True and c["offers"] == 20 for c in commits)
     assert sorted(a for c in commits for a in c["asins"]) == sorted(good)
@@ -92,9 +94,9 @@ def test_ingest_peeks_once_and_commits_in_sub_batches(storage: Storage) -> None:
     assert deal is not None and deal["history"] == "[[1,1000]]" and deal["profit"] == 700
     t = storage.totals(T0)
     assert t["deals_live"] == 5 and t["candidates_waiting"] == 0 and t["candidates_claimed"] == 0
-    # Permits reserve the most the call may cost: 12 per ASIN with offers=20 (2 pages of 6),
-    # although the expected cost (5, then 6 learned) is lower.
-    assert permits.granted[0] == 144
+    # Permits reserve the most the call may cost: 1 per ASIN for the peek, 12 per ASIN with
+    # offers=20 (2 pages of 6), although the expected cost (5, then 6 learned) is lower.
+    assert permits.granted[0] == 12
     assert permits.granted[1:] == [24, 24, 12]
     # Committing what was peeked outranks a new peek at the broker.
     assert permits.priorities[0] < permits.priorities[1] == permits.priorities[-1]
@@ -105,12 +107,38 @@ def test_ingest_peeks_once_and_commits_in_sub_batches(storage: Storage) -> None:
     assert len(keepa.product_calls) == 4
 
 
-def test_batch_size_respects_a_known_max_cost(storage: Storage) -> None:
+def test_peek_offers_peeks_with_offers_in_calls_of_the_documented_cap(
+    storage: Storage,
+) -> None:
+    # worker.peek_offers: for filters that need offer data, at 12 tokens an ASIN.
+    asins = [asin(i) for i in range(50)]
+    keepa = FakeKeepa({a: product(a, current=1900) for a in asins})  # all fail "drop"
+    permits, clock = FakePermits(), Clock(T0)
+    storage.add_candidates(D, asins, source="test", now=T0)
+    ingest = stage("ingest", storage, keepa, permits, clock, worker={"peek_offers": True})
+    assert ingest.run_once(T0) == 50
+    assert [len(c["asins"]) for c in keepa.product_calls] == [20, 20, 10]
+    assert all(c["offers"] == 20 and c["history"] is False for c in keepa.product_calls)
+    assert permits.granted == [240, 240, 120]
+
+
+def test_the_stats_peek_is_one_call_at_a_token_an_asin(storage: Storage) -> None:
     asins = [asin(i) for i in range(60)]
     keepa = FakeKeepa({a: product(a, current=1900) for a in asins})  # all fail "drop"
     permits, clock = FakePermits(known_max_cost=120), Clock(T0)
     storage.add_candidates(D, asins, source="test", now=T0)
     ingest = stage("ingest", storage, keepa, permits, clock)
+    assert ingest.run_once(T0) == 50  # worker.ingest_batch, in one call of 50 tokens
+    assert [len(c["asins"]) for c in keepa.product_calls] == [50]
+    assert keepa.product_calls[0]["offers"] is None and permits.requests == [50]
+
+
+def test_batch_size_respects_a_known_max_cost(storage: Storage) -> None:
+    asins = [asin(i) for i in range(60)]
+    keepa = FakeKeepa({a: product(a, current=1900) for a in asins})  # all fail "drop"
+    permits, clock = FakePermits(known_max_cost=120), Clock(T0)
+    storage.add_candidates(D, asins, source="test", now=T0)
+    ingest = stage("ingest", storage, keepa, permits, clock, worker={"peek_offers": True})
     assert ingest.run_once(T0) == 10  # floor(120 / 12): the permit covers the worst case
     assert permits.requests == [120] and not permits.rejected
     assert ingest.run_once(T0) == 10
@@ -122,7 +150,7 @@ def test_too_large_shrinks_the_batch_and_gives_the_rest_back(storage: Storage) -
     keepa = FakeKeepa({a: product(a, current=1900) for a in asins})
     permits, clock = FakePermits(grantable=100), Clock(T0)
     storage.add_candidates(D, asins, source="test", now=T0)
-    ingest = stage("ingest", storage, keepa, permits, clock)
+    ingest = stage("ingest", storage, keepa, permits, clock, worker={"peek_offers": True})
 
     # 50 claimed; the first call of 20 (keepa.max_asins_with_offers, 240 tokens) is rejected,
     # 8 fit in 100: the 12 cut off go back, the other 30 go in calls of 8 (no second REJECT).
@@ -218,6 +246,41 @@ def test_refresh_rewrites_or_drops_deals(storage: Storage) -> None:
     t = storage.totals(later)
     assert t["deals_live"] == 2 and t["deals_dropped"] == 4 and t["deals_claimed"] == 0
     assert refresh.urgency(later) == 0
+
+
+def test_tokens_the_cap_would_drop_refresh_deals_early(storage: Storage) -> None:
+    """Use it or lose it: deals not due yet are refreshed on the broker's spare tokens, the
+    stalest first, no more than the spare pays for, after all other work (lowest priority)."""
+    asins = [asin(i) for i in range(6)]
+    keepa = FakeKeepa({a: product(a) for a in asins})
+    permits, clock = FakePermits(), Clock(T0)
+    storage.add_candidates(D, asins, source="test", now=T0)
+    assert stage("ingest", storage, keepa, permits, clock).run_once(T0) == 6
+    worker = {"refresh_after_s": 600.0, "refresh_batch": 50}
+    refresh = stage("refresh", storage, keepa, permits, clock, worker=worker)
+
+    later = T0 + 120  # not due (600 s), but older than a tenth of the period
+    clock.now = later
+    assert refresh.urgency(later) == 0  # no spare: nothing to do
+    permits.spare_tokens = 4
+    assert refresh.urgency(later) == URGENCY_SPARE
+    calls_before = len(keepa.product_calls)
+    assert refresh.run_once(later) == 4  # the spare pays for 4 (1 token each)
+    assert len(keepa.product_calls) == calls_before + 1
+    assert permits.granted[-1] == 4 and permits.priorities[-1] == PRIORITY_SPARE
+    assert storage.totals(later)["deals_live"] == 6  # refreshed, still deals
+    # Just refreshed: not again; the two left still are.
+    assert refresh.urgency(later) == URGENCY_SPARE
+    assert refresh.run_once(later) == 2
+    assert refresh.urgency(later) == 0  # every deal updated just now
+    # Too recent for an early refresh: a deal updated 30 s ago waits (a tenth of 600 is 60).
+    clock.now = later + 30
+    assert refresh.urgency(later + 30) == 0
+    # worker.spend_spare off: deals wait until they are due.
+    off = stage("refresh", storage, keepa, permits, clock, worker={**worker, "spend_spare": False})
+    clock.now = later + 200
+    assert refresh.urgency(later + 200) == URGENCY_SPARE
+    assert off.urgency(later + 200) == 0
 
 
 def test_refresh_and_ingest_urgencies_stay_balanced(storage: Storage) -> None:
@@ -382,7 +445,10 @@ def test_a_new_worker_starts_from_the_fleets_learned_cost(storage: Storage) -> N
     products, good, bad = mixed_catalog()
     storage.add_candidates(D, [*good, *bad], source="test", now=T0)
     first = FakePermits()
-    stage("ingest", storage, FakeKeepa(products, per_product=14), first, Clock(T0)).run_once(T0)
+    offers_peek = {"peek_offers": True}
+    stage(
+        "ingest", storage, FakeKeepa(products, per_product=14), first, Clock(T0), worker=offers_peek
+    ).run_once(T0)
     assert storage.get_state("cost_per_product") == 14.0  # learned by the first worker
 
     # A second worker (fresh cost model) asks for the learned 14 per product at once: it
@@ -391,5 +457,12 @@ def test_a_new_worker_starts_from_the_fleets_learned_cost(storage: Storage) -> N
     products.update({a: product(a) for a in more})
     storage.add_candidates(D, more, source="test", now=T0)
     second = FakePermits()
-    stage("ingest", storage, FakeKeepa(products, per_product=14), second, Clock(T0)).run_once(T0)
+    stage(
+        "ingest",
+        storage,
+        FakeKeepa(products, per_product=14),
+        second,
+        Clock(T0),
+        worker=offers_peek,
+    ).run_once(T0)
     assert second.granted[0] == 14 * len(more)

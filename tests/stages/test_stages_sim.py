@@ -16,7 +16,7 @@ from stages.stage_support import FakePermits, make_settings
 from common.keepa import KeepaClient
 from common.storage import Storage
 from sim import server  # our own module: an import error must fail, not skip
-from workers.stages import build_stages
+from workers.stages import build_stages, judge
 
 KEY = "stage-tests-key"
 D = 1
@@ -129,9 +129,8 @@ def test_ingest_peeks_in_calls_of_20_commits_in_sub_batches_and_records_reasons(
     storage.add_candidates(D, UNKNOWN, source="test", now=0.0)  # oldest: claimed first
     permits = FakePermits()
     batch, commit = 40, 4
-    (ingest,) = stages(
-        "ingest", keepa, permits, storage, worker={"ingest_batch": batch, "commit_batch": commit}
-    )
+    worker = {"ingest_batch": batch, "commit_batch": commit, "peek_offers": True}
+    (ingest,) = stages("ingest", keepa, permits, storage, worker=worker)
     deal_calls_before = calls(sim)[0]
 
     assert ingest.run_once(ingest.ctx.clock()) == batch
@@ -170,7 +169,8 @@ def test_ingest_peeks_in_calls_of_20_commits_in_sub_batches_and_records_reasons(
 def test_costs_learn_from_settles(sim: Any, keepa: RecordingKeepa, storage: Storage) -> None:
     queue_from_feed(keepa, storage)
     permits = FakePermits()
-    (ingest,) = stages("ingest", keepa, permits, storage, worker={"ingest_batch": 30})
+    worker = {"ingest_batch": 30, "peek_offers": True}
+    (ingest,) = stages("ingest", keepa, permits, storage, worker=worker)
     assert ingest.ctx.costs.per_product == 5.0  # worker.cost_per_product
     consumed_before = sim.state(KEY)["tokens_consumed"]  # the deal scan
     ingest.run_once(ingest.ctx.clock())
@@ -194,7 +194,8 @@ def test_batch_shrinks_to_what_the_account_can_grant(
 ) -> None:
     queue_from_feed(keepa, storage)
     permits = FakePermits(grantable=60)
-    (ingest,) = stages("ingest", keepa, permits, storage, worker={"ingest_batch": 50})
+    worker = {"ingest_batch": 50, "peek_offers": True}
+    (ingest,) = stages("ingest", keepa, permits, storage, worker=worker)
     waiting = storage.totals()["candidates_waiting"]
     ingest.run_once(ingest.ctx.clock())
     assert permits.rejected == [240]  # the first call of 20 (12 each)
@@ -210,6 +211,52 @@ def test_batch_shrinks_to_what_the_account_can_grant(
     ingest.run_once(ingest.ctx.clock())
     assert permits.rejected == [240]
     assert all(cost <= 60 for cost in permits.granted)
+
+
+def test_the_stats_peek_costs_a_token_a_product_and_offers_are_bought_for_survivors(
+    sim: Any, keepa: RecordingKeepa, storage: Storage
+) -> None:
+    queue_from_feed(keepa, storage, n_pages=3)
+    permits = FakePermits()
+    (ingest,) = stages("ingest", keepa, permits, storage, worker={"ingest_batch": 40})
+    consumed_before = sim.state(KEY)["tokens_consumed"]
+    assert ingest.run_once(ingest.ctx.clock()) == 40
+    peek, *commits = keepa.product_calls
+    assert len(peek["asins"]) == 40 and peek["offers"] is None and peek["history"] is False
+    peek_cost, peek_consumed = permits.settles[0]
+    assert peek_cost == 40 and peek_consumed == 40  # every feed ASIN found, 1 token each
+    assert commits and all(c["offers"] == 20 and c["history"] is True for c in commits)
+    survivors = sum(len(c["asins"]) for c in commits)
+    spent = sim.state(KEY)["tokens_consumed"] - consumed_before
+    assert spent == sum(c for _, c in permits.settles if c)
+    # What the offers peek would have cost for the same 40: at least 5 tokens an ASIN.
+    assert spent - peek_consumed <= 12 * survivors < 5 * 40
+
+
+def test_the_stats_peek_judges_as_the_offers_peek_does(
+    sim: Any, keepa: RecordingKeepa, storage: Storage
+) -> None:
+    """Same ASINs, same moment: the filters' verdicts without offers equal those with
+    offers=20, so the cheap peek loses no deal the offers peek finds."""
+    queue_from_feed(keepa, storage, n_pages=4)
+    asins = [a for (a,) in storage.conn.execute("SELECT asin FROM candidates LIMIT 100")]
+    assert len(asins) == 100
+    filters = make_settings().filters
+    stats_only = keepa.product(asins, stats=90, history=False, offers=None)
+    verdicts = {}
+    for start in range(0, len(asins), 20):
+        part = asins[start : start + 20]
+        with_offers = keepa.product(part, stats=90, history=False, offers=20)
+        for kind, resp in (("stats", stats_only), ("offers", with_offers)):
+            passed, rejected = judge(part, resp, filters)
+            for p in passed:
+                verdicts.setdefault(p.asin, {})[kind] = "deal"
+            for r in rejected:
+                verdicts.setdefault(r.asin, {})[kind] = r.reason
+    differ = {a: v for a, v in verdicts.items() if v["stats"] != v["offers"]}
+    assert not differ
+    kinds = {v["stats"] for v in verdicts.values()}
+    assert "deal" in kinds and len(kinds) >= 3, kinds  # the comparison judged something
 
 
 # --- refresh --------------------------------------------------------------------------

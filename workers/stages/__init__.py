@@ -59,6 +59,8 @@ PRIORITY_COMMIT = 3
 PRIORITY_DEALS = 2
 PRIORITY_REFRESH = 1
 PRIORITY_PEEK = 0
+PRIORITY_SPARE = -1  # work that is not due, on tokens the cap would drop: after everything
+URGENCY_SPARE = 0.25  # below URGENCY_BASE: any due work of any stage goes first
 # The fleet shares what it learned about costs through the database, so a new or restarted
 # worker does not overdraw the account relearning them.
 SHARED_COST_KEYS = {True: "cost_per_product", False: "cost_per_product_light"}

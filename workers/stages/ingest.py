@@ -1,12 +1,16 @@
 """Ingest: turn queued candidates into deals or rejections.
 
 One batch: claim up to ``worker.ingest_batch`` candidates (fewer when the account cannot
-grant the cost of that many), *peek* them in ``/product`` calls of at most
-``keepa.max_asins_with_offers`` ASINs (default 20, Keepa's documented cap with offers; each
-call under its own permit sized for its own ASINs; stats, offers, no price history), reject
-those that fail a filter (or that Keepa does not know: ``not_found``), then
-*commit* the survivors in sub-batches of ``worker.commit_batch``: one ``/product`` call each
-with the full data (price history included), filters checked again on it, deals upserted.
+grant the cost of that many), *peek* them in one ``/product`` call with ``stats`` and no
+offers — 1 token a product, and every filter input (NEW price and its 90-day average, sales
+rank, the new-offer count) is in ``stats`` — reject those that fail a filter (or that Keepa
+does not know: ``not_found``), then *commit* the survivors in sub-batches of
+``worker.commit_batch``: one ``/product`` call each with the full data (price history and
+``offers=worker.offers``), filters checked again on it, deals upserted. Offers (6-12 tokens
+a product) are bought for survivors only. ``worker.peek_offers`` peeks with offers instead,
+for filters that need offer data: then each peek call carries at most
+``keepa.max_asins_with_offers`` ASINs (default 20, Keepa's documented cap with offers), each
+under its own permit sized for its own ASINs.
 Every candidate leaves the queue in the transaction that writes its deal or its rejection;
 what is not done (SIGTERM between sub-batches, an error) is given back to the queue.
 
@@ -23,6 +27,7 @@ import logging
 from typing import Any
 
 from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout
+from common.keepa import MAX_ASINS_PER_CALL
 from workers.notify import notify_deals
 from workers.stages import (
     PRIORITY_COMMIT,
@@ -73,7 +78,9 @@ class IngestStage:
     def run_once(self, now: float) -> int:
         ctx, w = self.ctx, self.ctx.settings.worker
         self._last_run = now
-        size = ctx.costs.fit(w.ingest_batch, ctx.permits.max_cost())
+        # Sized by what its peek costs (the commits are each permitted on their own).
+        peek_costs = ctx.costs if w.peek_offers else ctx.light_costs
+        size = peek_costs.fit(w.ingest_batch, ctx.permits.max_cost())
         self._domain = self._busiest_domain(now)[0]
         claimed = ctx.storage.claim_candidates(
             self._domain, ctx.owner, size, now=now, ttl_s=w.claim_ttl_s
@@ -113,14 +120,19 @@ class IngestStage:
     def _process(self, claimed: list[str]) -> int:
         ctx, w = self.ctx, self.ctx.settings.worker
         self._found_by: dict[str, str] = {}
-        cap = max(1, ctx.settings.keepa.max_asins_with_offers)
+        # The peek reads stats only (1 token a product: every filter input is in ``stats``)
+        # unless ``worker.peek_offers``; offers are bought for the survivors' commit alone.
+        peek_offers = w.peek_offers
+        offer_cap = max(1, ctx.settings.keepa.max_asins_with_offers)
+        cap = offer_cap if peek_offers else MAX_ASINS_PER_CALL
+        peek_costs = ctx.costs if peek_offers else ctx.light_costs
         survivors: list[str] = []
         peeked = done = 0
         todo = list(claimed)
         while todo:
             # Each call: at most the documented cap, and no more than the largest permit pays
             # for (known after a "too_large" REJECT: later calls are sized from it).
-            n = ctx.costs.fit(cap, ctx.permits.max_cost())
+            n = peek_costs.fit(cap, ctx.permits.max_cost())
             part, todo = todo[:n], todo[n:]
             if peeked and ctx.permits.stopping:
                 rest = [*part, *todo]
@@ -131,7 +143,7 @@ class IngestStage:
                 NAME,
                 part,
                 history=False,
-                offers=True,
+                offers=peek_offers,
                 on_shrink=self._give_back_unused,
                 before_call=self._renew,
                 domain=self._domain,
@@ -146,7 +158,7 @@ class IngestStage:
         log.debug("peeked %d: %d rejected, %d to commit", peeked, done, len(survivors))
 
         committed = 0
-        step = max(1, min(w.commit_batch, cap))
+        step = max(1, min(w.commit_batch, offer_cap))
         for start in range(0, len(survivors), step):
             if ctx.permits.stopping:
                 rest = survivors[start:]

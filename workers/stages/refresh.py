@@ -20,9 +20,11 @@ import logging
 
 from workers.stages import (
     PRIORITY_REFRESH,
+    PRIORITY_SPARE,
     URGENCY_BASE,
     URGENCY_NONE,
     URGENCY_SPAN,
+    URGENCY_SPARE,
     Pipeline,
     aging,
     deal_row,
@@ -36,6 +38,10 @@ NAME = "refresh"
 # Overdue by this many refresh periods = the full backlog urgency.
 FULL_URGENCY_PERIODS = 1.0
 MIN_PERIOD_S = 60.0
+# Use it or lose it: on tokens the next refill would lose to the cap, deals not due yet are
+# refreshed early, stalest first — those last updated at least this share of
+# ``worker.refresh_after_s`` ago (so the same deals are not refreshed over and over).
+SPARE_MIN_AGE_FRACTION = 0.1
 
 
 class RefreshStage:
@@ -46,6 +52,8 @@ class RefreshStage:
         self._in_hand: list[str] = []
         self._last_run: float | None = None
         self._domain = ctx.domain  # the domain of the batch in hand (deal queries: issue 19)
+        self._spare = 0  # > 0: the next batch is early, on this many tokens the cap would drop
+        self._priority = PRIORITY_REFRESH
 
     def _stalest(self, now: float) -> tuple[int, float | None]:
         best: tuple[int, float | None] = (self.ctx.domain, None)
@@ -56,13 +64,17 @@ class RefreshStage:
         return best
 
     def urgency(self, now: float) -> float:
+        self._spare = 0
         stalest = self._stalest(now)[1]
         if stalest is None:
             return URGENCY_NONE
         period = self.ctx.settings.worker.refresh_after_s
         overdue = now - (stalest + period)
         if overdue < 0:
-            return URGENCY_NONE
+            spend = self.ctx.settings.worker.spend_spare
+            if spend and now - stalest >= SPARE_MIN_AGE_FRACTION * period:
+                self._spare = self.ctx.permits.spare()
+            return URGENCY_SPARE if self._spare > 0 else URGENCY_NONE
         backlog = min(1.0, overdue / (FULL_URGENCY_PERIODS * max(period, MIN_PERIOD_S)))
         return URGENCY_BASE + URGENCY_SPAN * backlog + aging(now, self._last_run)
 
@@ -71,14 +83,25 @@ class RefreshStage:
         self._last_run = now
         size = ctx.light_costs.fit(w.refresh_batch, ctx.permits.max_cost())
         self._domain = self._stalest(now)[0]
+        due_before = now - w.refresh_after_s
+        spare, self._spare = self._spare, 0
+        if spare > 0 and ctx.storage.stalest_claimable_deal(self._domain, now) is not None:
+            # Early: no more than the tokens that would be lost, deals not refreshed lately.
+            size = ctx.light_costs.fit(size, spare)
+            due_before = now - SPARE_MIN_AGE_FRACTION * w.refresh_after_s
+        self._priority = PRIORITY_SPARE if spare > 0 else PRIORITY_REFRESH
         claimed = ctx.storage.claim_stale_deals(
             self._domain,
             ctx.owner,
             size,
             now=now,
-            due_before=now - w.refresh_after_s,
+            due_before=due_before,
             ttl_s=w.claim_ttl_s,
         )
+        if claimed and spare > 0:
+            log.info(
+                "refresh: %d deals early, on %d tokens the cap would drop", len(claimed), spare
+            )
         if not claimed:
             return 0
         self._in_hand = list(claimed)
@@ -99,7 +122,7 @@ class RefreshStage:
             history=False,
             offers=False,
             on_shrink=self._give_back_unused,
-            priority=PRIORITY_REFRESH,
+            priority=self._priority,
             before_call=self._renew,
             domain=self._domain,
         )
