@@ -7,7 +7,8 @@ loop calls ``submit``/``cancel``/``settle`` on messages, then ``expire_leases`` 
 Permit lifecycle (``broker/states.py``)::
 
     QUEUED -> GRANTED      tokens allow it (schedule)
-    QUEUED -> REJECTED     deadline passed, too large to ever grant, draining
+    QUEUED -> REJECTED     deadline passed, too large to ever grant, draining, closed
+                           (the Keepa key or Keepa has a problem: set_closed)
     QUEUED -> CANCELLED    CANCEL, or the worker is gone
     GRANTED -> SETTLED     SETTLE within the lease
     GRANTED -> EXPIRED     the lease ran out: cost assumed spent, the ledger asks for a sync
@@ -119,6 +120,7 @@ class PermitBook:
         self._next_id = 0
         self._arrivals = 0
         self.draining = False
+        self.closed_reason = ""  # not empty: Keepa or the key has a problem (set_closed)
         self._queue: list[tuple[int, int, str]] = []  # (-priority, arrival, permit), sorted
         self._queued: dict[str, Permit] = {}
         self._queued_by_key: dict[tuple[str, int], str] = {}
@@ -150,6 +152,8 @@ class PermitBook:
             return self._reply_reject(worker, seq, cost, R_SEQ_REUSED)
         if self.draining:
             return self._remember(self._reject_new(worker, seq, cost, R_DRAINING))
+        if self.closed_reason:
+            return self._remember(self._reject_new(worker, seq, cost, self.closed_reason))
         if cost <= 0:
             return self._remember(self._reject_new(worker, seq, cost, R_BAD_COST))
         if not math.isfinite(deadline_s) or deadline_s <= 0:
@@ -214,6 +218,8 @@ class PermitBook:
             reason = ""
             if self.draining:
                 reason = R_DRAINING
+            elif self.closed_reason:
+                reason = self.closed_reason
             elif now >= permit.deadline_at:
                 reason = R_DEADLINE
             elif max_cost is not None and permit.cost > max_cost:
@@ -351,6 +357,11 @@ class PermitBook:
             self.counts["cancelled"] += 1
         self._answers.pop(worker, None)
         return dropped
+
+    def set_closed(self, reason: str) -> None:
+        """Closed (``reason`` not empty, e.g. ``keepa_no_access``): new requests are rejected
+        with that reason, and queued ones at the next schedule(); '' opens the book again."""
+        self.closed_reason = reason
 
     def set_draining(self, draining: bool) -> None:
         """Draining: new requests are rejected, and queued ones at the next schedule()."""
