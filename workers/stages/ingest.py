@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout
+from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout, StorageBlocked
 from workers.notify import notify_deals
 from workers.stages import (
     PRIORITY_COMMIT,
@@ -83,7 +83,7 @@ class IngestStage:
         self._in_hand = list(claimed)
         try:
             done = self._process(claimed)
-        except (BrokerUnavailable, PermitTimeout, PermitRejected):
+        except (BrokerUnavailable, PermitTimeout, PermitRejected, StorageBlocked):
             # No permit: the candidates were not tried, so the attempt does not count.
             self._release(count_attempt=False)
             raise
@@ -232,5 +232,8 @@ class IngestStage:
         n = ctx.storage.release_candidates(
             self._domain, ctx.owner, self._in_hand, count_attempt=count_attempt
         )
-        log.info("gave back %d claimed candidates", n)
+        # Not an attempt (no permit: a closed broker, storage held): not worth a line each.
+        log.log(
+            logging.INFO if count_attempt else logging.DEBUG, "gave back %d claimed candidates", n
+        )
         self._in_hand = []
