@@ -127,7 +127,8 @@ class KeepaState:
     # --- timers -------------------------------------------------------------------------
 
     def recheck_due(self, now: float) -> bool:
-        return not self.ok and now >= self.next_recheck_at()
+        at = self.next_recheck_at()
+        return at is not None and now >= at
 
     def next_recheck_at(self) -> float | None:
         if self.ok:

@@ -40,11 +40,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from common.errors import StorageBlocked
 from common.say_once import SayOnce
 from common.storage_health import classify, describe
+
+if TYPE_CHECKING:
+    from common.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +143,7 @@ class StorageGate:
             if not self._attempt(now, item.what, item.write):
                 return False
             self.held.popleft()
-        if self.problem is not None and not self._attempt(now, "probe", self._probe):
-            return False
-        return True
+        return self.problem is None or self._attempt(now, "probe", self._probe)
 
     def retry_in_s(self, now: float) -> float:
         return max(0.0, self.retry_at - now)
@@ -318,7 +319,7 @@ class GatedStorage:
         return gated
 
 
-def gate_storage(storage: Any, permits: Any) -> GatedStorage:
+def gate_storage(storage: Storage, permits: Any) -> Storage:
     """The gate for ``storage``, attached to the permit client (``permits.gate``: checked
     before every permit, recovered by the work loop) and reporting into its heartbeats."""
     link = getattr(permits, "link", None)
@@ -326,4 +327,4 @@ def gate_storage(storage: Any, permits: Any) -> GatedStorage:
     report = getattr(work, "set_storage", None)
     gate = StorageGate(storage, report=report if callable(report) else (lambda s: None))
     permits.gate = gate
-    return GatedStorage(storage, gate)
+    return cast("Storage", GatedStorage(storage, gate))  # the same face, writes gated
