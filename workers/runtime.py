@@ -73,7 +73,15 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from common import protocol
-from common.errors import BrokerUnavailable, ConfigError, PermitRejected, PermitTimeout
+from common.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    KeepaConnectionError,
+    KeepaError,
+    KeepaTimeout,
+    PermitRejected,
+    PermitTimeout,
+)
 from common.say_once import SayOnce
 from workers.link import BrokerLink
 from workers.permit_client import STOP_CHECK_S, BrokerPermitClient
@@ -246,6 +254,13 @@ class WorkerRuntime:
                 self._give_back(stage)
                 self.permits.advance(stage.name)
                 return max(MIN_RETRY_S, gate.retry_in_s(now))
+            keepa_problem = _keepa_problem(exc)
+            if keepa_problem:
+                # Keepa's answer names a problem the broker now knows too: said once.
+                self._keepa_say.failing(now, keepa_problem, f"{stage.name}: {exc}")
+                self._give_back(stage)
+                self.permits.advance(stage.name)
+                return min(KEEPA_RETRY_S, self._error_backoff())
             log.exception("%s: the batch failed: given back", stage.name)
             self._give_back(stage)
             # The loop is not stuck: it finished a turn and backs off on purpose. Without
@@ -321,6 +336,18 @@ class WorkerRuntime:
         )
         self.link.close(bye_reason="drain limit", timeout_s=CLOSE_TIMEOUT_S)
         self._exit(EXIT_DRAIN_LIMIT)
+
+
+def _keepa_problem(exc: BaseException) -> str:
+    """The reject reason a failed Keepa call means (the broker closes its permit book on
+    it, ``broker.keepa_state``), or '' for an error of the call itself."""
+    if not isinstance(exc, KeepaError):
+        return ""
+    if exc.status == 402:
+        return protocol.REJECT_KEEPA_NO_ACCESS
+    if isinstance(exc, KeepaTimeout | KeepaConnectionError) or (exc.status or 0) >= 500:
+        return protocol.REJECT_KEEPA_UNREACHABLE
+    return ""
 
 
 def run_worker(
