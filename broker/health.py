@@ -36,12 +36,16 @@ class FleetHealth:
 
     # --- Keepa --------------------------------------------------------------------------
 
-    def on_token(self, now: float, http_status: int | None, error: str) -> str:
-        self.keepa.on_token(now, http_status, error)
+    def on_token(
+        self, now: float, http_status: int | None, error: str, refill_rate: int | None = None
+    ) -> str:
+        self.keepa.on_token(now, http_status, error, refill_rate)
         return self._after_keepa(now)
 
-    def on_call(self, now: float, http_status: int | None, status: str) -> str:
-        self.keepa.on_call(now, http_status, status)
+    def on_call(
+        self, now: float, http_status: int | None, status: str, refill_rate: int | None = None
+    ) -> str:
+        self.keepa.on_call(now, http_status, status, refill_rate)
         return self._after_keepa(now)
 
     @property

@@ -4,7 +4,8 @@
 state               entered on                                           permits
 ==================  ===================================================  =====================
 ``ok``              any answer from Keepa that is not one below          granted as usual
-``key_no_access``   HTTP 402 (no subscription, expired, unpaid)          rejected: the reason
+``key_no_access``   HTTP 402 (no subscription, expired, unpaid), or an   rejected: the reason
+                    envelope with refill rate 0 (no plan)
 ``key_invalid``     HTTP 400 on ``/token`` (a malformed or unknown key)  names the state
 ``keepa_unreachable``  ``/token`` failing (no answer, a dropped          (``keepa_no_access``,
                     connection, 5xx, 503); or ``UNREACHABLE_AFTER``      ``keepa_key_invalid``,
@@ -13,7 +14,9 @@ state               entered on                                           permits
 
 Transitions (``# FROM -> TO``): ``ok -> <problem>`` on its cause; ``<problem> -> <other
 problem>`` on the other's cause; ``<problem> -> ok`` on the first answer from Keepa that is
-none of them (a ``/token`` answered 200, or a call under a permit answered 2xx).
+none of them: a ``/token`` answered 200; out of ``keepa_unreachable`` also a call under a
+permit answered 2xx (out of a key state such a call, sent before the key lost access, only
+brings the next re-check forward).
 
 Out of ``ok`` nothing is spent, so nothing but ``/token`` (free) can show that the problem
 has ended: ``recheck_due(now)`` says when to ask it again. The first re-check comes
@@ -51,6 +54,7 @@ SAYS = {
 }
 DOES = "no permits granted; re-checking /token every {every:.0f} s at most"
 
+NO_PLAN = "Keepa reports a refill rate of 0 (no plan on the key)"
 RECHECK_MIN_S = 1.0
 RECHECK_MAX_S = 60.0
 UNREACHABLE_AFTER = 2  # failed calls under permits in a row (a /token failure: at once)
@@ -84,9 +88,16 @@ class KeepaState:
 
     # --- inputs -------------------------------------------------------------------------
 
-    def on_token(self, now: float, http_status: int | None, error: str = "") -> str | None:
+    def on_token(
+        self, now: float, http_status: int | None, error: str = "", refill_rate: int | None = None
+    ) -> str | None:
         """A ``/token`` answer: ``http_status`` (None: no answer), ``error`` empty on
-        success. Returns the new state when it changed, else None."""
+        success, ``refill_rate`` of its envelope. Returns the new state when it changed."""
+        if not error and refill_rate == 0:
+            changed = self._to(KEY_NO_ACCESS, now, NO_PLAN)
+            if changed is None:
+                self._rechecked(now)
+            return changed
         if not error:
             return self._to(OK, now, "")
         if http_status == 402:
@@ -103,15 +114,25 @@ class KeepaState:
             self._rechecked(now)
         return changed
 
-    def on_call(self, now: float, http_status: int | None, status: str) -> str | None:
-        """The SETTLE of a call under a permit (``status`` as on the wire). Returns the new
-        state when it changed, else None."""
+    def on_call(
+        self, now: float, http_status: int | None, status: str, refill_rate: int | None = None
+    ) -> str | None:
+        """The SETTLE of a call under a permit (``status`` as on the wire; ``refill_rate`` of
+        its envelope, if any). Returns the new state when it changed, else None."""
         if status == "not_sent":
             return None
+        if refill_rate == 0:
+            # No plan: what a lapsed key's envelope says, sometimes before the first 402.
+            return self._to(KEY_NO_ACCESS, now, NO_PLAN)
         if http_status == 402:
             self.call_failures = 0
             return self._to(KEY_NO_ACCESS, now, "HTTP 402 on a call under a permit")
         if status == "ok":
+            if self.state in (KEY_NO_ACCESS, KEY_INVALID):
+                # A call sent before the key lost access can answer after: only /token says
+                # the key works again. Ask it now.
+                self.wait_s = 0.0
+                return None
             return self._to(OK, now, "")
         unreachable = http_status is None or http_status >= 500
         if not unreachable:

@@ -620,7 +620,8 @@ class Broker:
             self.bad_messages["bad_settle_status"] += 1
             status = "error"  # unknown outcome: assumed spent
         self._count_keepa_outcome(status, msg.http_status, rec.worker_id)
-        self.permits.set_closed(self.health.on_call(now, msg.http_status, status))  # issue 12
+        rate = envelope.refill_rate if envelope is not None else None
+        self.permits.set_closed(self.health.on_call(now, msg.http_status, status, rate))  # 12
         obs = (
             Observation.from_envelope(envelope, at=now, source="settle")
             if envelope is not None
@@ -821,7 +822,8 @@ class Broker:
         self.policy.finished(result.ok, result.at)
         known_problem = self.health.keepa_problem
         # issue 12: the key's state, and the permit book closed while it is not ok.
-        self.permits.set_closed(self.health.on_token(result.at, result.status, result.error))
+        rate = result.envelope.refill_rate if result.envelope is not None else None
+        self.permits.set_closed(self.health.on_token(result.at, result.status, result.error, rate))
         if result.envelope is not None:
             obs = Observation.from_envelope(
                 result.envelope, at=result.at, source="sync", sent_at=result.started_at

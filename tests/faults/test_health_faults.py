@@ -13,7 +13,7 @@ import pytest
 from faults import health_scenarios as hs
 from faults import scenarios
 from fleet import Fleet
-from support import Processes
+from support import Processes, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     procs = Processes(tmp)
     fleet = hs.new_fleet(procs, tmp)
     try:
-        scenarios.start_fleet(fleet, roles=hs.ROLES)
+        hs.start(fleet)
+        wait_until(lambda: fleet.done() > 0, scenarios.START_BOUND_S, message="pipeline output")
         yield fleet
     finally:
         procs.stop_all()
