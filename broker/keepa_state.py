@@ -165,7 +165,7 @@ class KeepaState:
             return None
         return {
             "problem": self.state,
-            "since_s": round(now - (self.since or now), 3),
+            "since_s": round(now - (now if self.since is None else self.since), 3),
             "says": SAYS[self.state],
             "does": DOES.format(every=self.recheck_max_s),
             "detail": self.detail,

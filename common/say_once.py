@@ -59,7 +59,7 @@ class SayOnce:
                 "%s: %s still, for %.0f s: %d times in the last %.0f s%s",
                 self.what,
                 state,
-                now - (self.since or now),
+                now - (now if self.since is None else self.since),
                 self.count - self._counted_at_summary,
                 self.summary_every_s,
                 _tail(detail),
@@ -80,7 +80,7 @@ class SayOnce:
             "%s: %s ended after %.1f s (%d times)%s",
             self.what,
             self.state,
-            now - (self.since or now),
+            now - (now if self.since is None else self.since),
             self.count,
             _tail(detail),
         )
