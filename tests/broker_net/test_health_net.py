@@ -33,7 +33,9 @@ def test_402_closes_the_book_names_the_state_and_reopens_by_itself(
         raise KeepaPaymentRequired("/token: HTTP 402", status=402)
 
     fake_keepa.token = no_access  # type: ignore[method-assign]
-    peer.send(protocol.Settle(grant.permit, "http_error", None, 402))
+    # With its envelope (as Keepa sends one): the outcome is known, so only the key's state
+    # makes the broker ask /token again.
+    peer.send(protocol.Settle(grant.permit, "http_error", fake_keepa.envelope().to_wire(), 402))
     peer.send(protocol.Request(seq=2, cost=12))
     reject = peer.expect(protocol.Reject)
     assert (reject.seq, reject.reason) == (2, protocol.REJECT_KEEPA_NO_ACCESS)
