@@ -52,7 +52,7 @@ SAYS = {
     KEY_INVALID: "Keepa key invalid (HTTP 400 on /token: malformed or unknown key)",
     KEEPA_UNREACHABLE: "Keepa unreachable (no answer, connection errors or 5xx)",
 }
-DOES = "no permits granted; re-checking /token every {every:.0f} s at most"
+DOES = "no permits granted; re-checking /token by itself, at least once every {every:.0f} s"
 
 NO_PLAN = "Keepa reports a refill rate of 0 (no plan on the key)"
 RECHECK_MIN_S = 1.0

@@ -90,10 +90,23 @@ def test_the_permit_book_closed_rejects_with_the_state_not_too_large() -> None:
     assert d is not None and (d.kind, d.reason) == ("reject", "keepa_no_access")
     book.set_closed("")
     assert book.submit("w", 2, 600, 0, 30, 0.0) is None  # open: queued for the refill
-    book.set_closed("keepa_unreachable")
+    book.set_closed("keepa_no_access")
     (queued,) = book.schedule(0.1)
-    assert (queued.kind, queued.reason, queued.seq) == ("reject", "keepa_unreachable", 2)
-    assert book.stats(0.1)["rejected_by_reason"] == {"keepa_no_access": 1, "keepa_unreachable": 1}
+    assert (queued.kind, queued.reason, queued.seq) == ("reject", "keepa_no_access", 2)
+    assert book.stats(0.1)["rejected_by_reason"] == {"keepa_no_access": 2}
+
+
+def test_while_keepa_is_unreachable_requests_are_held_not_granted_nor_rejected() -> None:
+    led = Ledger()
+    led.observe(obs(0.0, 500, rate=80), 0.0)
+    book = PermitBook(led, id_prefix="u")
+    book.set_closed("keepa_unreachable")
+    assert book.submit("w", 1, 10, 0, 30, 0.0) is None  # held, though tokens allow it
+    assert book.schedule(1.0) == []
+    assert book.next_wakeup(1.0) == 30.0  # its deadline, not "now": no busy loop
+    book.set_closed("")
+    (granted,) = book.schedule(2.0)
+    assert (granted.kind, granted.seq) == ("grant", 1)
 
 
 def test_health_says_each_edge_once_and_status_opens_with_it(

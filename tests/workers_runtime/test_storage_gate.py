@@ -116,9 +116,7 @@ def test_errors_that_are_not_the_storages_are_raised_and_not_held(
     assert not gate.held
 
 
-def test_writes_inside_a_callers_transaction_are_not_held(
-    storage: Storage, tmp_path: Path
-) -> None:
+def test_writes_inside_a_callers_transaction_are_not_held(storage: Storage, tmp_path: Path) -> None:
     gate, gated, flag, _ = make(storage, tmp_path)
     flag.write_text("readonly")
     gate.apply_fault()
