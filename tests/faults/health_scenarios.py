@@ -184,6 +184,8 @@ def storage_fault(fleet: Fleet, mode: str, problem: str) -> Figures:
     during = lines_after(logs0, fleet)
     flag.unlink()
     recovered_s = wait_recovered(fleet)
+    healthy = status_cli(fleet, "--check")
+    assert (healthy.returncode, healthy.stdout.strip()) == (0, "health: ok"), healthy
     lines = lines_after(logs0, fleet)
     for w, new in lines.items():
         assert sum(f"storage: {problem} began" in ln for ln in new) == 1, (w, new)
