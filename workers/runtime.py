@@ -155,6 +155,7 @@ class WorkerRuntime:
         self._finished = threading.Event()
         self._waiting_logged = False
         self._keepa_say = SayOnce(log, "permits")  # rejects naming a Keepa problem
+        self._keepa_kinds: set[str] = set()  # kinds of Keepa failure said in this one
         self.hang_after = hang_after  # test-only fault: hang after this many turns
         self.turns = 0
 
@@ -256,8 +257,13 @@ class WorkerRuntime:
                 return max(MIN_RETRY_S, gate.retry_in_s(now))
             keepa_problem = _keepa_problem(exc)
             if keepa_problem:
-                # Keepa's answer names a problem the broker now knows too: said once.
-                self._keepa_say.failing(now, keepa_problem, f"{stage.name}: {exc}")
+                # Keepa's answer names a problem the broker now knows too: said once (and
+                # each other kind of failure once while it lasts: new information).
+                kind = type(exc).__name__
+                began = self._keepa_say.failing(now, keepa_problem, f"{stage.name}: {exc}")
+                if not began and kind not in self._keepa_kinds:
+                    log.info("%s: also %s", stage.name, exc)
+                self._keepa_kinds.add(kind)
                 self._give_back(stage)
                 self.permits.advance(stage.name)
                 return min(KEEPA_RETRY_S, self._error_backoff())
@@ -269,8 +275,8 @@ class WorkerRuntime:
             self.permits.advance(stage.name)
             return self._error_backoff()
         self._errors = 0
-        if items:
-            self._keepa_say.ok(now, "permits granted again")
+        if items and self._keepa_say.ok(now, "permits granted again"):
+            self._keepa_kinds.clear()
         self.permits.advance(stage.name)
         log.debug("%s: %s items", stage.name, items)
         return 0.0 if items else EMPTY_TURN_WAIT_S
