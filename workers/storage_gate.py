@@ -35,11 +35,12 @@ lifted. The fault suite (``tests/faults``) uses it; never set it in production.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from common.errors import StorageBlocked
@@ -303,6 +304,16 @@ class GatedStorage:
     def __init__(self, storage: Any, gate: StorageGate) -> None:
         self._storage = storage
         self.gate = gate
+        self._depth = 0  # inside transaction(): writes are the caller's, never held
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        self._depth += 1
+        try:
+            with self._storage.transaction() as db:
+                yield db
+        finally:
+            self._depth -= 1
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._storage, name)
@@ -312,7 +323,7 @@ class GatedStorage:
 
         def gated(*args: Any, **kwargs: Any) -> Any:
             conn = getattr(self._storage, "conn", None)
-            if conn is not None and getattr(conn, "in_transaction", False):
+            if self._depth or (conn is not None and getattr(conn, "in_transaction", False)):
                 return attr(*args, **kwargs)  # part of a caller's transaction: not held
             return self.gate.write(name, lambda: attr(*args, **kwargs), held_result(args))
 

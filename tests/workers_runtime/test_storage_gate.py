@@ -4,6 +4,7 @@ permit while blocked; a probe when no write is recent; backoff capped; other err
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from common.errors import StorageBlocked
+from common.errors import StorageBlocked, StorageUnavailable
 from common.storage import Rejection, Storage
 from workers.runtime import WorkerRuntime
 from workers.storage_gate import RETRY_MAX_S, GatedStorage, StorageGate, gate_storage
@@ -166,3 +167,31 @@ def test_the_work_loop_runs_no_stage_while_blocked(
         assert "Traceback" not in caplog.text and "the batch failed" not in caplog.text
     finally:
         link.close()
+
+
+class _NoConnStorage:
+    """PostgreSQL's face as far as the gate sees it: no sqlite ``conn.in_transaction``."""
+
+    def __init__(self) -> None:
+        self.in_tx = False
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.in_tx = True
+        try:
+            yield None
+        finally:
+            self.in_tx = False
+
+    def set_state(self, key: str, value: Any, now: float) -> None:
+        raise StorageUnavailable("database server unreachable")
+
+
+def test_a_write_in_a_transaction_is_never_held_even_without_an_sqlite_connection() -> None:
+    gate = StorageGate(_NoConnStorage())
+    gated = GatedStorage(_NoConnStorage(), gate)
+    with pytest.raises(StorageUnavailable), gated.transaction():
+        gated.set_state("k", 1, NOW)
+    assert not gate.held
+    assert gated.set_state("k", 1, NOW) is None  # outside one: held
+    assert len(gate.held) == 1 and gate.problem == "unavailable"
