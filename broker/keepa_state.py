@@ -1,16 +1,18 @@
 """What the broker knows about the Keepa key and Keepa itself: a pure state machine.
 
-==================  ===================================================  =====================
-state               entered on                                           permits
-==================  ===================================================  =====================
-``ok``              any answer from Keepa that is not one below          granted as usual
-``key_no_access``   HTTP 402 (no subscription, expired, unpaid), or an   rejected: the reason
-                    envelope with refill rate 0 (no plan)
-``key_invalid``     HTTP 400 on ``/token`` (a malformed or unknown key)  names the state
-``keepa_unreachable``  ``/token`` failing (no answer, a dropped          (``keepa_no_access``,
-                    connection, 5xx, 503); or ``UNREACHABLE_AFTER``      ``keepa_key_invalid``,
-                    calls under permits failing so in a row              ``keepa_unreachable``)
-==================  ===================================================  =====================
+=====================  ============================================  ========================
+state                  entered on                                    requests for permits
+=====================  ============================================  ========================
+``ok``                 any answer from Keepa not named below         granted as usual
+``key_no_access``      HTTP 402 (no subscription, expired, unpaid),  rejected
+                       or an envelope with refill rate 0 (no plan)   ``keepa_no_access``
+``key_invalid``        HTTP 400 on ``/token`` (a malformed key)      rejected
+                                                                     ``keepa_key_invalid``
+``keepa_unreachable``  ``/token`` failing (no answer, dropped        held (queued, granted
+                       connection, 5xx, 503); or ``UNREACHABLE_      when Keepa answers;
+                       AFTER`` calls under permits failing so        rejected only at their
+                       in a row                                      deadline)
+=====================  ============================================  ========================
 
 Transitions (``# FROM -> TO``): ``ok -> <problem>`` on its cause; ``<problem> -> <other
 problem>`` on the other's cause; ``<problem> -> ok`` on the first answer from Keepa that is
