@@ -21,9 +21,11 @@ PermitRejected         logged (the stage shrinks "too_large" batches itself), cl
                        (``keepa_no_access``...) is said once while it lasts and retried
                        every ``KEEPA_RETRY_S``
 a storage failure      (``common.storage_health``, or ``StorageBlocked``: no permit asked)
-                       said once by the storage gate (``workers.storage_gate``); claims
-                       given back if the storage lets us; no stage runs until the gate's
-                       held writes land (retried with capped backoff, each retry a turn)
+                       said once by the storage gate (``workers.storage_gate``); the
+                       stage gives back what it had not paid for, if the storage lets it,
+                       and keeps the rest (ingest: its peeked survivors, committed next);
+                       no stage runs until the gate's held writes land (retried with
+                       capped backoff, each retry a turn)
 anything else          ``log.exception``, claims given back, a backoff doubling from
                        ``ERROR_BACKOFF_MIN_S`` to ``ERROR_BACKOFF_MAX_S`` (no spinning)
 =====================  =======================================================================
@@ -251,8 +253,9 @@ class WorkerRuntime:
             return self._error_backoff()
         except Exception as exc:
             if gate is not None and gate.failed(exc, now):
-                # Said once by the gate; no permit is asked until a write succeeds.
-                self._give_back(stage)
+                # Said once by the gate; no permit is asked until a write succeeds. The stage
+                # gave back what it could itself and keeps what it paid for (ingest's
+                # survivors): not given back here.
                 self.permits.advance(stage.name)
                 return max(MIN_RETRY_S, gate.retry_in_s(now))
             keepa_problem = _keepa_problem(exc)

@@ -20,6 +20,7 @@ names its query, and a query with ``notify`` gets one webhook POST per new deal 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout, StorageBlocked
@@ -49,6 +50,10 @@ class IngestStage:
         self._in_hand: list[str] = []
         self._last_run: float | None = None
         self._domain = ctx.domain  # the domain of the batch in hand
+        # Peeked (paid for) and not committed yet; kept across turns when the storage stops
+        # taking writes (issue 12: workers.storage_gate), so the peek is not bought again.
+        self._survivors: list[str] = []
+        self._found_by: dict[str, str] = {}
 
     # --- scheduling ---------------------------------------------------------------------
 
@@ -61,6 +66,8 @@ class IngestStage:
         return best
 
     def urgency(self, now: float) -> float:
+        if self._survivors:
+            return URGENCY_BASE + URGENCY_SPAN + aging(now, None)  # finish what was paid for
         waiting = self._busiest_domain(now)[1]
         if waiting <= 0:
             return URGENCY_NONE
@@ -73,6 +80,8 @@ class IngestStage:
     def run_once(self, now: float) -> int:
         ctx, w = self.ctx, self.ctx.settings.worker
         self._last_run = now
+        if self._survivors:
+            return self._guarded(self._resume)
         size = ctx.costs.fit(w.ingest_batch, ctx.permits.max_cost())
         self._domain = self._busiest_domain(now)[0]
         claimed = ctx.storage.claim_candidates(
@@ -81,9 +90,22 @@ class IngestStage:
         if not claimed:
             return 0
         self._in_hand = list(claimed)
+        return self._guarded(lambda: self._process(claimed))
+
+    def _guarded(self, batch: Callable[[], int]) -> int:
+        ctx = self.ctx
         try:
-            done = self._process(claimed)
-        except (BrokerUnavailable, PermitTimeout, PermitRejected, StorageBlocked):
+            done = batch()
+        except StorageBlocked:
+            # No permit while the storage fails: give back what was not peeked (if the
+            # storage lets us; else the claims expire), keep the survivors for next time.
+            keep = set(self._survivors)
+            rest = [a for a in self._in_hand if a not in keep]
+            self._in_hand = list(self._survivors)
+            if rest:
+                ctx.storage.release_candidates(self._domain, ctx.owner, rest, count_attempt=False)
+            raise
+        except (BrokerUnavailable, PermitTimeout, PermitRejected):
             # No permit: the candidates were not tried, so the attempt does not count.
             self._release(count_attempt=False)
             raise
@@ -111,10 +133,10 @@ class IngestStage:
         return passed, rejected
 
     def _process(self, claimed: list[str]) -> int:
-        ctx, w = self.ctx, self.ctx.settings.worker
-        self._found_by: dict[str, str] = {}
+        ctx = self.ctx
+        self._found_by = {}
         cap = max(1, ctx.settings.keepa.max_asins_with_offers)
-        survivors: list[str] = []
+        self._survivors = []
         peeked = done = 0
         todo = list(claimed)
         while todo:
@@ -137,25 +159,15 @@ class IngestStage:
                 domain=self._domain,
             )
             passed, rejections = self._judge(batch, resp)
-            survivors += [p.asin for p in passed]
+            self._survivors += [p.asin for p in passed]
             n_rejected = ctx.storage.reject_candidates(self._domain, rejections, ctx.clock())
             self._forget([r.asin for r in rejections])
             ctx.permits.advance(NAME, n_rejected)
             done += n_rejected
             peeked += len(batch)
-        log.debug("peeked %d: %d rejected, %d to commit", peeked, done, len(survivors))
-
-        committed = 0
-        step = max(1, min(w.commit_batch, cap))
-        for start in range(0, len(survivors), step):
-            if ctx.permits.stopping:
-                rest = survivors[start:]
-                log.info("stopping: giving back %d survivors not committed yet", len(rest))
-                self._give_back_unused(rest)
-                break
-            deals, rejected = self._commit(survivors[start : start + step])
-            committed += deals
-            done += deals + rejected
+        log.debug("peeked %d: %d rejected, %d to commit", peeked, done, len(self._survivors))
+        committed, finished = self._commit_survivors()
+        done += finished
         log.info(
             "ingest: %d candidates peeked, %d deals committed, %d rejected",
             peeked,
@@ -163,6 +175,28 @@ class IngestStage:
             done - committed,
         )
         return done
+
+    def _resume(self) -> int:
+        """Commit the survivors of a batch the storage interrupted (their peek was paid)."""
+        log.info("ingest: committing %d survivors of an interrupted batch", len(self._survivors))
+        return self._commit_survivors()[1]
+
+    def _commit_survivors(self) -> tuple[int, int]:
+        """Commit ``self._survivors`` in sub-batches: (deals committed, items done)."""
+        ctx = self.ctx
+        cap = max(1, ctx.settings.keepa.max_asins_with_offers)
+        step = max(1, min(ctx.settings.worker.commit_batch, cap))
+        committed = done = 0
+        while self._survivors:
+            if ctx.permits.stopping:
+                rest = list(self._survivors)
+                log.info("stopping: giving back %d survivors not committed yet", len(rest))
+                self._give_back_unused(rest)
+                break
+            deals, rejected = self._commit(self._survivors[:step])  # forgets its chunk
+            committed += deals
+            done += deals + rejected
+        return committed, done
 
     def _commit(self, chunk: list[str]) -> tuple[int, int]:
         """One sub-batch of survivors with full data: (deals committed, rejected)."""
@@ -219,6 +253,7 @@ class IngestStage:
     def _forget(self, asins: list[str]) -> None:
         gone = set(asins)
         self._in_hand = [a for a in self._in_hand if a not in gone]
+        self._survivors = [a for a in self._survivors if a not in gone]
 
     def give_back(self) -> None:
         self._release(count_attempt=True)
@@ -237,3 +272,4 @@ class IngestStage:
             logging.INFO if count_attempt else logging.DEBUG, "gave back %d claimed candidates", n
         )
         self._in_hand = []
+        self._survivors = []
