@@ -29,6 +29,9 @@ metric                                     type      meaning
 ``keepa_fleet_kills_total{reason}``        counter   workers killed, by reason
 ``keepa_fleet_bad_messages_total{code}``   counter   bad messages, by code
 ``keepa_fleet_grant_wait_seconds``         histo     request to grant
+``keepa_fleet_problem{problem}``           gauge     active problems (``broker.health``):
+                                                     1 for the Keepa key's; storage
+                                                     problems: how many workers have it
 =========================================  ========  ======================================
 """
 
@@ -39,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from broker import states
-from common import protocol
+from broker import keepa_state, states
+from common import protocol, storage_health
 
 if TYPE_CHECKING:
     from broker.server import Broker
@@ -52,6 +55,11 @@ BIND_HOST = "127.0.0.1"
 WAIT_BUCKETS_S = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 QUERY_FIGURES = ("deals_live", "deals_found", "candidates_waiting", "tokens", "pages")
 MAX_LABEL_VALUES = 64  # bad-message codes are a fixed set; this bounds them anyway
+# The problems status can name (broker.health), shown at 0 before they ever happen.
+PROBLEM_NAMES = (
+    *(s for s in keepa_state.STATES if s != keepa_state.OK),
+    *(f"storage_{p}" for p in storage_health.PROBLEMS),
+)
 
 
 class BrokerMetrics:
@@ -100,6 +108,11 @@ class BrokerMetrics:
             buckets=WAIT_BUCKETS_S,
             registry=r,
         )
+        # issue 12: 1 while a problem of the Keepa key is active; for storage problems, the
+        # number of workers that have it (broker.health); 0 otherwise.
+        self.problem = gauge("problem", "active problems (broker.health)", ("problem",))
+        for name in PROBLEM_NAMES:
+            self.problem.labels(problem=name).set(0)
         for state in states.WORKER_STATES:
             self.workers.labels(state=state).set(0)
         for reason in states.KILL_REASONS:
@@ -129,6 +142,13 @@ class BrokerMetrics:
         _set(self.queued, permits.get("queued"))
         for worker_state, n in state["workers_by_state"].items():
             self.workers.labels(state=worker_state).set(n)
+        active = dict.fromkeys(PROBLEM_NAMES, 0)
+        for p in (state.get("health") or {}).get("problems") or []:
+            name = str(p.get("problem"))
+            if name in active or len(active) < MAX_LABEL_VALUES:
+                active[name] = active.get(name, 0) + 1
+        for name, n in active.items():
+            self.problem.labels(problem=name).set(n)
         totals = {
             "granted": permits.get("granted"),
             "settled": permits.get("settled"),

@@ -7,7 +7,8 @@ loop calls ``submit``/``cancel``/``settle`` on messages, then ``expire_leases`` 
 Permit lifecycle (``broker/states.py``)::
 
     QUEUED -> GRANTED      tokens allow it (schedule)
-    QUEUED -> REJECTED     deadline passed, too large to ever grant, draining
+    QUEUED -> REJECTED     deadline passed, too large to ever grant, draining, closed
+                           (the Keepa key or Keepa has a problem: set_closed)
     QUEUED -> CANCELLED    CANCEL, or the worker is gone
     GRANTED -> SETTLED     SETTLE within the lease
     GRANTED -> EXPIRED     the lease ran out: cost assumed spent, the ledger asks for a sync
@@ -39,6 +40,7 @@ from typing import Any
 
 from broker import states
 from broker.ledger import Ledger, Observation
+from common import protocol
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,11 @@ R_DRAINING = "draining"
 R_DEADLINE = "deadline"
 R_CANCELLED = "cancelled"
 R_SEQ_REUSED = "seq_reused"
+# Closed for these reasons, the book *holds* requests (queued, granted once it opens again,
+# rejected only at their deadline): Keepa unreachable is usually short, and a worker waiting
+# on its socket costs nothing. Closed for any other reason (the key has no access, is
+# malformed: usually long), requests are rejected with the reason.
+HELD_WHILE_CLOSED = (protocol.REJECT_KEEPA_UNREACHABLE,)
 
 # SETTLE.status values.
 S_NOT_SENT = "not_sent"
@@ -119,6 +126,7 @@ class PermitBook:
         self._next_id = 0
         self._arrivals = 0
         self.draining = False
+        self.closed_reason = ""  # not empty: Keepa or the key has a problem (set_closed)
         self._queue: list[tuple[int, int, str]] = []  # (-priority, arrival, permit), sorted
         self._queued: dict[str, Permit] = {}
         self._queued_by_key: dict[tuple[str, int], str] = {}
@@ -150,6 +158,8 @@ class PermitBook:
             return self._reply_reject(worker, seq, cost, R_SEQ_REUSED)
         if self.draining:
             return self._remember(self._reject_new(worker, seq, cost, R_DRAINING))
+        if self.closed_reason and not self.holding:
+            return self._remember(self._reject_new(worker, seq, cost, self.closed_reason))
         if cost <= 0:
             return self._remember(self._reject_new(worker, seq, cost, R_BAD_COST))
         if not math.isfinite(deadline_s) or deadline_s <= 0:
@@ -214,6 +224,8 @@ class PermitBook:
             reason = ""
             if self.draining:
                 reason = R_DRAINING
+            elif self.closed_reason and not self.holding:
+                reason = self.closed_reason
             elif now >= permit.deadline_at:
                 reason = R_DEADLINE
             elif max_cost is not None and permit.cost > max_cost:
@@ -227,7 +239,7 @@ class PermitBook:
         slack: int | None = None
         ledger.refresh(now)
         for _, _, permit_id in list(self._queue):
-            if ledger.recharge_mode or ledger.available(now) <= 0:
+            if self.closed_reason or ledger.recharge_mode or ledger.available(now) <= 0:
                 break
             permit = self._queued[permit_id]
             if slack is not None and permit.cost > slack:
@@ -352,6 +364,16 @@ class PermitBook:
         self._answers.pop(worker, None)
         return dropped
 
+    def set_closed(self, reason: str) -> None:
+        """Closed (``reason`` not empty, e.g. ``keepa_no_access``): nothing is granted; new
+        requests are rejected with that reason, and queued ones at the next schedule() —
+        except for HELD_WHILE_CLOSED reasons, which hold them. '' opens the book again."""
+        self.closed_reason = reason
+
+    @property
+    def holding(self) -> bool:
+        return self.closed_reason in HELD_WHILE_CLOSED
+
     def set_draining(self, draining: bool) -> None:
         """Draining: new requests are rejected, and queued ones at the next schedule()."""
         self.draining = bool(draining)
@@ -376,7 +398,9 @@ class PermitBook:
         if self._outbox:
             return now
         times: list[float] = []
-        if self._queue:
+        if self._queue and self.closed_reason:
+            times.append(min(p.deadline_at for p in self._queued.values()))  # held: no grant
+        elif self._queue:
             head, head_at = self._head(now)
             if head is None:
                 times.append(now)  # grantable now: schedule() has work

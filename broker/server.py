@@ -56,12 +56,13 @@ from typing import Any, cast
 import zmq
 
 from broker import states
+from broker.health import FleetHealth
 from broker.killer import Killer, KillTarget
 from broker.ledger import Ledger, Observation
 from broker.metrics import BrokerMetrics
 from broker.permits import Decision, PermitBook
 from broker.registry import Registry, WorkerRecord
-from broker.sync import SyncPolicy, SyncResult, TokenSource, TokenSync
+from broker.sync import BACKOFF_MAX_S, SyncPolicy, SyncResult, TokenSource, TokenSync
 from common import procinfo, protocol
 from common.config import Settings
 from common.curve import require_curve_for, setup_server
@@ -183,7 +184,9 @@ class Broker:
             gap_s=b.sync_gap_s,
             short_wait_s=b.short_wait_s,
             refill_period_s=settings.keepa.refill_period_s,
+            backoff_max_s=min(BACKOFF_MAX_S, b.recheck_max_s),  # issue 12: re-checks
         )
+        self.health = FleetHealth(recheck_max_s=b.recheck_max_s)  # issue 12 (broker.health)
         self._keepa_client = keepa_client
         # Counters shown in status.
         self.bad_messages: collections.Counter[str] = collections.Counter()
@@ -451,6 +454,9 @@ class Broker:
         if not self._draining and not self.policy.in_flight:
             if self._sync_reason(now) is not None:
                 times.append(self.policy.next_allowed_at)
+            recheck = self.health.next_recheck_at()  # issue 12: the key's state re-checked
+            if recheck is not None:
+                times.append(max(recheck, self.policy.next_allowed_at))
             gap = self.policy.gap_due_at(self._last_observation_at)
             if gap is not None:
                 times.append(gap)
@@ -571,6 +577,7 @@ class Broker:
         self, peer: Peer, rec: WorkerRecord, msg: protocol.Heartbeat, now: float
     ) -> None:
         self.registry.heartbeat(rec, msg, now)
+        self.health.worker_storage(rec.worker_id, msg.storage, now)  # issue 12
         self.registry.set_queued(rec, self._queued(rec.key), now)
         pipeline = rec.info.get("pipeline") if rec.info else None
         if isinstance(pipeline, dict):
@@ -617,6 +624,8 @@ class Broker:
             self.bad_messages["bad_settle_status"] += 1
             status = "error"  # unknown outcome: assumed spent
         self._count_keepa_outcome(status, msg.http_status, rec.worker_id)
+        rate = envelope.refill_rate if envelope is not None else None
+        self.permits.set_closed(self.health.on_call(now, msg.http_status, status, rate))  # 12
         obs = (
             Observation.from_envelope(envelope, at=now, source="settle")
             if envelope is not None
@@ -765,7 +774,9 @@ class Broker:
             )
             if rec is not None and rec.live:
                 self._send_to(rec, reject, now)
-            log.info(
+            log.log(
+                # issue 12: a closed book rejects every retry; the state itself is said once
+                logging.DEBUG if decision.reason in protocol.KEEPA_REJECT_REASONS else logging.INFO,
                 "REJECT %s seq %d: %s",
                 rec.worker_id if rec else decision.worker,
                 decision.seq,
@@ -778,7 +789,7 @@ class Broker:
 
     def _sync_reason(self, now: float) -> str | None:
         has = self.ledger.has_observation
-        return self.policy.reason(
+        reason = self.policy.reason(
             now,
             has_observation=has,
             last_observation_at=self._last_observation_at,
@@ -786,6 +797,9 @@ class Broker:
             head_wait_s=self.permits.head_wait_s(now) if has else None,
             refill_at=self.ledger.next_refill_at(now) if has else None,
         )
+        if reason is None and self.health.recheck_due(now):
+            reason = "recheck"  # issue 12: the key or Keepa had a problem; is it over?
+        return reason
 
     def _maybe_sync(self, now: float) -> None:
         assert self._sync is not None
@@ -810,6 +824,10 @@ class Broker:
 
     def _on_sync_result(self, result: SyncResult) -> None:
         self.policy.finished(result.ok, result.at)
+        known_problem = self.health.keepa_problem
+        # issue 12: the key's state, and the permit book closed while it is not ok.
+        rate = result.envelope.refill_rate if result.envelope is not None else None
+        self.permits.set_closed(self.health.on_token(result.at, result.status, result.error, rate))
         if result.envelope is not None:
             obs = Observation.from_envelope(
                 result.envelope, at=result.at, source="sync", sent_at=result.started_at
@@ -832,7 +850,8 @@ class Broker:
             key = str(result.status) if result.status is not None else "no_response"
             self.keepa_errors_by_status[key] += 1
             self.last_keepa_error = result.error[:MAX_DETAIL_CHARS]
-            log.warning(
+            log.log(
+                logging.DEBUG if known_problem else logging.WARNING,  # said once (health)
                 "Keepa /token failed (%s): %s; retrying in %.1f s%s",
                 result.reason,
                 result.error,
@@ -981,6 +1000,7 @@ class Broker:
             "host": self.registry.this_host,
             "uptime_s": round(now - self._started_at, 3),
             "draining": self._draining,
+            "health": self.health.status(now),  # issue 12
             "tokens": tokens,
             "permits": self.permits.stats(now),
             "workers": self._workers_status(now) if per_worker else [],

@@ -2,9 +2,12 @@
 
 One STATUS request on a fresh DEALER socket (linger 0), one poll with the timeout. Exit 0
 when the broker answered, 2 when it did not in time. ``--json`` prints exactly one JSON
-object (the broker's STATUS_REPLY state); without it, a readable summary: a tokens line, a
+object (the broker's STATUS_REPLY state); without it, a readable summary: the health line
+(``health: ok``, or each problem with since-when and what the fleet does), a tokens line, a
 permits line, a Keepa line, a pipeline line and a workers table in the manner of
 ``supervisorctl status``. ``--watch N`` refreshes every N seconds until Ctrl-C.
+``--check`` prints the health lines only and exits 1 while a problem is active (the Keepa
+key or Keepa, a worker's storage: ``broker.health``), 0 when all is well, 2 without an answer.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
 EXIT_OK = 0
+EXIT_PROBLEM = 1  # --check: the broker answered and reports a problem
 EXIT_NO_ANSWER = 2
 CLEAR_SCREEN = "\033[2J\033[H"
 
@@ -37,7 +41,8 @@ recharge mode, last /token sync), permits (granted, settled, expired, rejected, 
 Keepa (syncs, 429s, errors), the pipeline figures the workers report, and every worker
 (state, pid, heartbeat age, progress, permits held, tokens spent). Read-only.
 
-Exit status: 0 the broker answered; 2 it did not answer within --timeout (or a usage error).
+Exit status: 0 the broker answered; 2 it did not answer within --timeout (or a usage error);
+with --check, 1 when the broker reports a problem (the health line names it).
 """
 
 
@@ -49,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json",
         action="store_true",
         help="print exactly one JSON object (the whole state) instead of the summary",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="print the health lines only; exit 1 while a problem is active, 0 when none",
     )
     parser.add_argument(
         "--watch",
@@ -76,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     curve_dir = settings.broker.curve_dir
     if args.watch is None:
         state = fetch_status(address, timeout=args.timeout, curve_dir=curve_dir)
+        if getattr(args, "check", False):
+            return check(state, address)
         return show(state, address, as_json=args.json)
     answered = False
     try:
@@ -99,6 +111,48 @@ def show(state: dict[str, Any] | None, address: str, *, as_json: bool) -> int:
     else:
         print(format_status(state, address))
     return EXIT_OK
+
+
+def check(state: dict[str, Any] | None, address: str) -> int:
+    """``--check``: the health lines; 1 while a problem is active, 2 without an answer."""
+    if state is None:
+        print(f"keepa-fleet status: no answer from the broker at {address}", file=sys.stderr)
+        return EXIT_NO_ANSWER
+    print("\n".join(health_lines(state)))
+    return EXIT_PROBLEM if problems_of(state) else EXIT_OK
+
+
+def problems_of(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The active problems of a STATUS_REPLY state (``broker.health``)."""
+    health = state.get("health")
+    problems = health.get("problems") if isinstance(health, dict) else None
+    return [p for p in problems or [] if isinstance(p, dict)]
+
+
+def health_line(state: dict[str, Any]) -> str:
+    """One line: ``health: ok`` or the problems, each with since-when (for progress lines)."""
+    problems = problems_of(state)
+    if not problems:
+        return "health: ok"
+    return "health: " + "; ".join(
+        f"{p.get('says', p.get('problem', '?'))} (since {_seconds(p.get('since_s'))})"
+        for p in problems
+    )
+
+
+def health_lines(state: dict[str, Any]) -> list[str]:
+    """``health: ok``, or a count and one line per problem: what, since when, what the fleet
+    does about it."""
+    problems = problems_of(state)
+    if not problems:
+        return ["health: ok"]
+    lines = [f"health: {len(problems)} problem{'s' if len(problems) > 1 else ''}"]
+    for p in problems:
+        lines.append(
+            f"  {p.get('says', p.get('problem', '?'))}: since {_seconds(p.get('since_s'))} "
+            f"ago; {p.get('does', '')}"
+        )
+    return lines
 
 
 def fetch_status(
@@ -147,6 +201,7 @@ def format_status(state: dict[str, Any], address: str = "") -> str:
     workers = state.get("workers") or []
     kills = state.get("kills") or []
     lines = [
+        *health_lines(state),
         f"broker {state.get('broker_id', '?')} at {address or '?'}  version "
         f"{state.get('version', '?')}  up {_duration(state.get('uptime_s'))}"
         + ("  DRAINING" if state.get("draining") else ""),

@@ -120,6 +120,12 @@ class BrokerSettings:
     short_wait_s: float = _field(
         5.0, "sync before telling a requester to wait longer than this, seconds", lo=0.0, hi=3600
     )
+    recheck_max_s: float = _field(
+        60.0,
+        "while the key or Keepa has a problem, re-check /token at least this often, seconds",
+        lo=0.1,
+        hi=3600,
+    )
     max_workers: int = _field(1000, "registered workers at most", lo=1, hi=100_000)
     max_queued_per_worker: int = _field(8, "queued requests per worker at most", lo=1, hi=10_000)
     metrics_port: int = _field(0, "Prometheus metrics port on 127.0.0.1; 0 = off", lo=0, hi=65535)

@@ -136,3 +136,12 @@ class KeepaConnectionError(KeepaError):
 
 class KeepaBadResponse(KeepaError):
     """The body was not the JSON Keepa sends."""
+
+
+class StorageBlocked(StorageError):
+    """The worker's storage is failing (``common.storage_health``): no permit is asked for
+    until a write succeeds again (``workers.storage_gate``). ``problem`` names it."""
+
+    def __init__(self, problem: str, message: str) -> None:
+        super().__init__(f"{problem}: {message}")
+        self.problem = problem

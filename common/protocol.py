@@ -60,6 +60,12 @@ MAX_REPLY_BYTES = 16 * 1024 * 1024
 # never kills or counts stalled such a peer (it only forgets it when it falls silent) and
 # shows its spending apart from the workers'.
 ROLE_CLIENT = "client"
+# REJECT.reason while the broker's Keepa state is not ok (broker.keepa_state): nothing is
+# granted until it is; the requester waits a little and asks again.
+REJECT_KEEPA_NO_ACCESS = "keepa_no_access"  # HTTP 402: the key has no access
+REJECT_KEEPA_KEY_INVALID = "keepa_key_invalid"  # HTTP 400 on /token: a malformed key
+REJECT_KEEPA_UNREACHABLE = "keepa_unreachable"  # no answer, connection errors, 5xx
+KEEPA_REJECT_REASONS = (REJECT_KEEPA_NO_ACCESS, REJECT_KEEPA_KEY_INVALID, REJECT_KEEPA_UNREACHABLE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +105,10 @@ class Heartbeat(Message):
     items_done: int = 0
     # Free-form figures the worker wants shown in status (pipeline totals, feed staleness).
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The worker's storage health (workers.storage_gate): empty while writes succeed, else
+    # {"problem": common.storage_health name, "since_s": seconds, "held": results kept in
+    # memory, "detail": the error}. Sent by workers only.
+    storage: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

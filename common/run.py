@@ -224,6 +224,9 @@ def progress_line(state: dict[str, Any] | None, elapsed_s: float) -> str:
     keepa = state.get("keepa", {})
     alive = sum(1 for w in workers if w.get("state") in ("alive", "waiting"))
     mode = " RECHARGE" if tokens.get("recharge_mode") else ""
+    from broker.status_cli import health_line, problems_of  # issue 12
+
+    problem = f" | {health_line(state)}" if problems_of(state) else ""
     return (
         f"{stamp} [{elapsed_s:5.0f}s] tokens {tokens.get('now', '?')}/{tokens.get('cap', '?')} "
         f"avail {tokens.get('available', '?')} rate {tokens.get('refill_rate', '?')}/step"
@@ -231,5 +234,5 @@ def progress_line(state: dict[str, Any] | None, elapsed_s: float) -> str:
         f" | permits {permits.get('granted', 0)} "
         f"granted, {permits.get('queued', 0)} queued | deals {pipeline.get('deals_live', 0)} "
         f"live, {pipeline.get('candidates_waiting', 0)} candidates | 429s "
-        f"{keepa.get('status_429', 0)} | kills {len(state.get('kills', []))}"
+        f"{keepa.get('status_429', 0)} | kills {len(state.get('kills', []))}{problem}"
     )

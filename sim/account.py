@@ -58,6 +58,7 @@ class Account:
         self.number = number  # logs name accounts by number, never by key
         self.lock = threading.Lock()
         self.paid = paid
+        self._plan_rate = refill_rate  # the refill rate while paid (set_paid)
         self.refill_rate = refill_rate if paid else 0
         self.refill_period_s = refill_period_s
         self.created_at = now
@@ -158,6 +159,15 @@ class Account:
         with self.lock:
             self._refill(now)  # steps before the change used the old rate
             self.refill_rate = refill_rate
+
+    def set_paid(self, now: float, paid: bool) -> None:
+        """The subscription lapses (402 from then on, no refills) or is paid again."""
+        with self.lock:
+            self._refill(now)
+            if self.paid and not paid:
+                self._plan_rate = self.refill_rate
+            self.paid = paid
+            self.refill_rate = self._plan_rate if paid else 0
 
     def set_tokens(self, now: float, tokens: int) -> None:
         with self.lock:

@@ -184,6 +184,8 @@ class KeepaSim:
             "consume": ("POST", self.admin_consume),
             "tokens": ("POST", self.admin_tokens),
             "fault": ("POST", self.admin_fault),
+            "faults_clear": ("POST", self.admin_faults_clear),
+            "paid": ("POST", self.admin_paid),
             "feed": ("POST", self.admin_feed),
         }
 
@@ -479,6 +481,17 @@ class KeepaSim:
             raise rejected(f"path must be one of {', '.join(ROUTES)}")
         self.faults.add(kind, count, delay_s=delay_s, path=path)
         return {"pending": self.faults.pending()}
+
+    def admin_faults_clear(self, query: Mapping[str, str], now: float) -> dict[str, Any]:
+        """Every pending fault dropped (a fault "for a while": many, then cleared)."""
+        return {"cleared": self.faults.clear(), "pending": self.faults.pending()}
+
+    def admin_paid(self, query: Mapping[str, str], now: float) -> dict[str, Any]:
+        """``paid=0``: the key's subscription lapses (HTTP 402 on every call); ``paid=1``:
+        paid again (the plan's refills resume)."""
+        account = self._admin_account(query, now)
+        account.set_paid(now, self._admin_int(query, "paid", 0, 1) == 1)
+        return account.state(now)
 
     def admin_feed(self, query: Mapping[str, str], now: float) -> dict[str, Any]:
         if "stale_s" not in query:

@@ -71,6 +71,13 @@ class Faults:
                     return FaultHit(f.kind, f.delay_s)
         return None
 
+    def clear(self) -> int:
+        """Drop every pending fault; how many there were."""
+        with self._lock:
+            n = len(self._pending)
+            self._pending.clear()
+            return n
+
     def pending(self) -> list[dict[str, Any]]:
         with self._lock:
             return [

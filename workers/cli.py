@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from common.storage import Storage
     from workers.runtime import EXIT_STORAGE, run_worker
     from workers.stages import build_stages
+    from workers.storage_gate import gate_storage
 
     flags = {"broker.address": args.broker, "worker.role": args.role, "worker.db": args.db}
     settings = load_settings(args.config, overrides=flags)  # (an unset flag is None)
@@ -88,7 +89,13 @@ def run(args: argparse.Namespace) -> int:
             settings,
             worker_id=worker_id,
             role=role,
-            make_stages=lambda permits: build_stages(role, settings, keepa, permits, storage),
+            make_stages=lambda permits: build_stages(
+                role,
+                settings,
+                keepa,
+                permits,
+                gate_storage(storage, permits),  # issue 12
+            ),
         )
     finally:
         keepa.close()

@@ -117,6 +117,11 @@ class WorkState:
         self.stage = ""
         self.items_done = 0
         self.info: dict[str, Any] = {}
+        self.storage: dict[str, Any] = {}  # issue 12: workers.storage_gate's report
+
+    def set_storage(self, storage: dict[str, Any]) -> None:
+        with self._lock:
+            self.storage = dict(storage)
 
     def advance(self, stage: str, items: int = 0) -> None:
         with self._lock:
@@ -147,6 +152,7 @@ class WorkState:
                 stage=self.stage,
                 items_done=self.items_done,
                 info=dict(self.info),
+                storage=dict(self.storage),
             )
 
 

@@ -144,6 +144,8 @@ class BrokerPermitClient:
         self.grant_wait_s = grant_wait_s
         self._clock = clock
         self._seq = itertools.count(1)
+        # issue 12: workers.storage_gate.StorageGate (set by gate_storage); None: no gate.
+        self.gate: Any = None
 
     @property
     def worker_id(self) -> str:
@@ -180,6 +182,8 @@ class BrokerPermitClient:
     ) -> KeepaResponse:
         if self.stopping:
             raise PermitTimeout("the worker is stopping: no new permits")
+        if self.gate is not None:
+            self.gate.ready()  # issue 12: StorageBlocked unless this worker can write
         wait_s = self.grant_wait_s if deadline_s is None else deadline_s
         seq = next(self._seq)
         request = protocol.Request(seq=seq, cost=cost, priority=priority, deadline_s=wait_s)

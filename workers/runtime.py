@@ -17,7 +17,15 @@ exception              what happens
 BrokerUnavailable      claims given back; the loop waits for the link to reconnect
 PermitTimeout          claims given back; next turn at once (it already waited)
 PermitRejected         logged (the stage shrinks "too_large" batches itself), claims given
-                       back, a short backoff
+                       back, a short backoff; a reject naming a Keepa problem
+                       (``keepa_no_access``...) is said once while it lasts and retried
+                       every ``KEEPA_RETRY_S``
+a storage failure      (``common.storage_health``, or ``StorageBlocked``: no permit asked)
+                       said once by the storage gate (``workers.storage_gate``); the
+                       stage gives back what it had not paid for, if the storage lets it,
+                       and keeps the rest (ingest: its peeked survivors, committed next);
+                       no stage runs until the gate's held writes land (retried with
+                       capped backoff, each retry a turn)
 anything else          ``log.exception``, claims given back, a backoff doubling from
                        ``ERROR_BACKOFF_MIN_S`` to ``ERROR_BACKOFF_MAX_S`` (no spinning)
 =====================  =======================================================================
@@ -66,9 +74,20 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from common.errors import BrokerUnavailable, ConfigError, PermitRejected, PermitTimeout
+from common import protocol
+from common.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    KeepaConnectionError,
+    KeepaError,
+    KeepaTimeout,
+    PermitRejected,
+    PermitTimeout,
+)
+from common.say_once import SayOnce
 from workers.link import BrokerLink
 from workers.permit_client import STOP_CHECK_S, BrokerPermitClient
+from workers.storage_gate import storage_problem
 
 if TYPE_CHECKING:
     from common.config import Settings
@@ -93,6 +112,9 @@ DRAIN_LIMIT_S = 25.0  # SIGTERM -> exit, at most (supervisord's stopwaitsecs is 
 CLOSE_TIMEOUT_S = 5.0  # flushing settles and BYE, then joining the link thread
 WATCHDOG_TICK_S = 1.0
 IDLE_STAGE = "idle"
+STORAGE_STAGE = "storage"  # a turn spent retrying held writes (workers.storage_gate)
+KEEPA_RETRY_S = 1.0  # after a reject naming a Keepa problem: ask again this soon
+MIN_RETRY_S = 0.05
 FAULT_ENV = "FLEET_WORKER_FAULT"  # test-only fault injection, see the module docstring
 FAULT_HANG_LIMIT_S = 600.0  # even an injected hang ends
 
@@ -134,6 +156,8 @@ class WorkerRuntime:
         self._errors = 0
         self._finished = threading.Event()
         self._waiting_logged = False
+        self._keepa_say = SayOnce(log, "permits")  # rejects naming a Keepa problem
+        self._keepa_kinds: set[str] = set()  # kinds of Keepa failure said in this one
         self.hang_after = hang_after  # test-only fault: hang after this many turns
         self.turns = 0
 
@@ -189,6 +213,10 @@ class WorkerRuntime:
         except Exception:
             log.exception("choosing the next stage failed")
             return self._error_backoff()
+        gate = getattr(self.permits, "gate", None)  # issue 12: workers.storage_gate
+        if gate is not None and gate.blocked and not gate.recover(now):
+            self.permits.advance(STORAGE_STAGE)  # a turn that ended: progress
+            return max(MIN_RETRY_S, gate.retry_in_s(now))
         if stage is None:
             self.permits.advance(IDLE_STAGE)
             return self.idle_wait_s
@@ -207,6 +235,13 @@ class WorkerRuntime:
             self.permits.advance(stage.name)
             return 0.0
         except PermitRejected as exc:
+            if exc.reason in protocol.KEEPA_REJECT_REASONS:
+                self._keepa_say.failing(
+                    now, exc.reason, f"the broker grants nothing; asking every {KEEPA_RETRY_S} s"
+                )
+                self._give_back(stage)
+                self.permits.advance(stage.name)
+                return KEEPA_RETRY_S
             log.warning(
                 "%s: permit rejected (%s, max cost %d): batch given back",
                 stage.name,
@@ -216,7 +251,25 @@ class WorkerRuntime:
             self._give_back(stage)
             self.permits.advance(stage.name)
             return self._error_backoff()
-        except Exception:
+        except Exception as exc:
+            if gate is not None and gate.failed(exc, now):
+                # Said once by the gate; no permit is asked until a write succeeds. The stage
+                # gave back what it could itself and keeps what it paid for (ingest's
+                # survivors): not given back here.
+                self.permits.advance(stage.name)
+                return max(MIN_RETRY_S, gate.retry_in_s(now))
+            keepa_problem = _keepa_problem(exc)
+            if keepa_problem:
+                # Keepa's answer names a problem the broker now knows too: said once (and
+                # each other kind of failure once while it lasts: new information).
+                kind = type(exc).__name__
+                began = self._keepa_say.failing(now, keepa_problem, f"{stage.name}: {exc}")
+                if not began and kind not in self._keepa_kinds:
+                    log.info("%s: also %s", stage.name, exc)
+                self._keepa_kinds.add(kind)
+                self._give_back(stage)
+                self.permits.advance(stage.name)
+                return min(KEEPA_RETRY_S, self._error_backoff())
             log.exception("%s: the batch failed: given back", stage.name)
             self._give_back(stage)
             # The loop is not stuck: it finished a turn and backs off on purpose. Without
@@ -225,6 +278,8 @@ class WorkerRuntime:
             self.permits.advance(stage.name)
             return self._error_backoff()
         self._errors = 0
+        if items and self._keepa_say.ok(now, "permits granted again"):
+            self._keepa_kinds.clear()
         self.permits.advance(stage.name)
         log.debug("%s: %s items", stage.name, items)
         return 0.0 if items else EMPTY_TURN_WAIT_S
@@ -251,7 +306,11 @@ class WorkerRuntime:
     def _give_back(self, stage: Stage) -> None:
         try:
             stage.give_back()
-        except Exception:
+        except Exception as exc:
+            if storage_problem(exc) is not None:
+                # The storage gate says it once; the claims expire by themselves.
+                log.debug("%s: giving back its claims failed: %s", stage.name, exc)
+                return
             log.exception(
                 "%s: giving back its claims failed (they expire by themselves)", stage.name
             )
@@ -286,6 +345,18 @@ class WorkerRuntime:
         )
         self.link.close(bye_reason="drain limit", timeout_s=CLOSE_TIMEOUT_S)
         self._exit(EXIT_DRAIN_LIMIT)
+
+
+def _keepa_problem(exc: BaseException) -> str:
+    """The reject reason a failed Keepa call means (the broker closes its permit book on
+    it, ``broker.keepa_state``), or '' for an error of the call itself."""
+    if not isinstance(exc, KeepaError):
+        return ""
+    if exc.status == 402:
+        return protocol.REJECT_KEEPA_NO_ACCESS
+    if isinstance(exc, KeepaTimeout | KeepaConnectionError) or (exc.status or 0) >= 500:
+        return protocol.REJECT_KEEPA_UNREACHABLE
+    return ""
 
 
 def run_worker(

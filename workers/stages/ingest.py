@@ -11,6 +11,7 @@ a product) are bought for survivors only. ``worker.peek_offers`` peeks with offe
 for filters that need offer data: then each peek call carries at most
 ``keepa.max_asins_with_offers`` ASINs (default 20, Keepa's documented cap with offers), each
 under its own permit sized for its own ASINs.
+
 Every candidate leaves the queue in the transaction that writes its deal or its rejection;
 what is not done (SIGTERM between sub-batches, an error) is given back to the queue.
 
@@ -24,9 +25,10 @@ names its query, and a query with ``notify`` gets one webhook POST per new deal 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout
+from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout, StorageBlocked
 from common.keepa import MAX_ASINS_PER_CALL
 from workers.notify import notify_deals
 from workers.stages import (
@@ -54,6 +56,10 @@ class IngestStage:
         self._in_hand: list[str] = []
         self._last_run: float | None = None
         self._domain = ctx.domain  # the domain of the batch in hand
+        # Peeked (paid for) and not committed yet; kept across turns when the storage stops
+        # taking writes (issue 12: workers.storage_gate), so the peek is not bought again.
+        self._survivors: list[str] = []
+        self._found_by: dict[str, str] = {}
 
     # --- scheduling ---------------------------------------------------------------------
 
@@ -66,6 +72,8 @@ class IngestStage:
         return best
 
     def urgency(self, now: float) -> float:
+        if self._survivors:
+            return URGENCY_BASE + URGENCY_SPAN + aging(now, None)  # finish what was paid for
         waiting = self._busiest_domain(now)[1]
         if waiting <= 0:
             return URGENCY_NONE
@@ -78,6 +86,8 @@ class IngestStage:
     def run_once(self, now: float) -> int:
         ctx, w = self.ctx, self.ctx.settings.worker
         self._last_run = now
+        if self._survivors:
+            return self._guarded(self._resume)
         # Sized by what its peek costs (the commits are each permitted on their own).
         peek_costs = ctx.costs if w.peek_offers else ctx.light_costs
         size = peek_costs.fit(w.ingest_batch, ctx.permits.max_cost())
@@ -88,8 +98,21 @@ class IngestStage:
         if not claimed:
             return 0
         self._in_hand = list(claimed)
+        return self._guarded(lambda: self._process(claimed))
+
+    def _guarded(self, batch: Callable[[], int]) -> int:
+        ctx = self.ctx
         try:
-            done = self._process(claimed)
+            done = batch()
+        except StorageBlocked:
+            # No permit while the storage fails: give back what was not peeked (if the
+            # storage lets us; else the claims expire), keep the survivors for next time.
+            keep = set(self._survivors)
+            rest = [a for a in self._in_hand if a not in keep]
+            self._in_hand = list(self._survivors)
+            if rest:
+                ctx.storage.release_candidates(self._domain, ctx.owner, rest, count_attempt=False)
+            raise
         except (BrokerUnavailable, PermitTimeout, PermitRejected):
             # No permit: the candidates were not tried, so the attempt does not count.
             self._release(count_attempt=False)
@@ -118,15 +141,16 @@ class IngestStage:
         return passed, rejected
 
     def _process(self, claimed: list[str]) -> int:
-        ctx, w = self.ctx, self.ctx.settings.worker
-        self._found_by: dict[str, str] = {}
+        ctx = self.ctx
+        self._found_by = {}
         # The peek reads stats only (1 token a product: every filter input is in ``stats``)
         # unless ``worker.peek_offers``; offers are bought for the survivors' commit alone.
-        peek_offers = w.peek_offers
-        offer_cap = max(1, ctx.settings.keepa.max_asins_with_offers)
-        cap = offer_cap if peek_offers else MAX_ASINS_PER_CALL
+        peek_offers = ctx.settings.worker.peek_offers
+        cap = (
+            max(1, ctx.settings.keepa.max_asins_with_offers) if peek_offers else MAX_ASINS_PER_CALL
+        )
         peek_costs = ctx.costs if peek_offers else ctx.light_costs
-        survivors: list[str] = []
+        self._survivors = []
         peeked = done = 0
         todo = list(claimed)
         while todo:
@@ -149,25 +173,15 @@ class IngestStage:
                 domain=self._domain,
             )
             passed, rejections = self._judge(batch, resp)
-            survivors += [p.asin for p in passed]
+            self._survivors += [p.asin for p in passed]
             n_rejected = ctx.storage.reject_candidates(self._domain, rejections, ctx.clock())
             self._forget([r.asin for r in rejections])
             ctx.permits.advance(NAME, n_rejected)
             done += n_rejected
             peeked += len(batch)
-        log.debug("peeked %d: %d rejected, %d to commit", peeked, done, len(survivors))
-
-        committed = 0
-        step = max(1, min(w.commit_batch, offer_cap))
-        for start in range(0, len(survivors), step):
-            if ctx.permits.stopping:
-                rest = survivors[start:]
-                log.info("stopping: giving back %d survivors not committed yet", len(rest))
-                self._give_back_unused(rest)
-                break
-            deals, rejected = self._commit(survivors[start : start + step])
-            committed += deals
-            done += deals + rejected
+        log.debug("peeked %d: %d rejected, %d to commit", peeked, done, len(self._survivors))
+        committed, finished = self._commit_survivors()
+        done += finished
         log.info(
             "ingest: %d candidates peeked, %d deals committed, %d rejected",
             peeked,
@@ -175,6 +189,28 @@ class IngestStage:
             done - committed,
         )
         return done
+
+    def _resume(self) -> int:
+        """Commit the survivors of a batch the storage interrupted (their peek was paid)."""
+        log.info("ingest: committing %d survivors of an interrupted batch", len(self._survivors))
+        return self._commit_survivors()[1]
+
+    def _commit_survivors(self) -> tuple[int, int]:
+        """Commit ``self._survivors`` in sub-batches: (deals committed, items done)."""
+        ctx = self.ctx
+        cap = max(1, ctx.settings.keepa.max_asins_with_offers)
+        step = max(1, min(ctx.settings.worker.commit_batch, cap))
+        committed = done = 0
+        while self._survivors:
+            if ctx.permits.stopping:
+                rest = list(self._survivors)
+                log.info("stopping: giving back %d survivors not committed yet", len(rest))
+                self._give_back_unused(rest)
+                break
+            deals, rejected = self._commit(self._survivors[:step])  # forgets its chunk
+            committed += deals
+            done += deals + rejected
+        return committed, done
 
     def _commit(self, chunk: list[str]) -> tuple[int, int]:
         """One sub-batch of survivors with full data: (deals committed, rejected)."""
@@ -231,6 +267,7 @@ class IngestStage:
     def _forget(self, asins: list[str]) -> None:
         gone = set(asins)
         self._in_hand = [a for a in self._in_hand if a not in gone]
+        self._survivors = [a for a in self._survivors if a not in gone]
 
     def give_back(self) -> None:
         self._release(count_attempt=True)
@@ -244,5 +281,9 @@ class IngestStage:
         n = ctx.storage.release_candidates(
             self._domain, ctx.owner, self._in_hand, count_attempt=count_attempt
         )
-        log.info("gave back %d claimed candidates", n)
+        # Not an attempt (no permit: a closed broker, storage held): not worth a line each.
+        log.log(
+            logging.INFO if count_attempt else logging.DEBUG, "gave back %d claimed candidates", n
+        )
         self._in_hand = []
+        self._survivors = []

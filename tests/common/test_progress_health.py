@@ -1,0 +1,20 @@
+"""``keepa-fleet run``'s progress line names an active problem, and says nothing extra
+when all is well."""
+
+from __future__ import annotations
+
+from common.run import progress_line
+
+
+def state(problems: list[dict[str, object]]) -> dict[str, object]:
+    return {"tokens": {"now": 10, "cap": 100}, "health": {"ok": not problems, "problems": problems}}
+
+
+def test_the_progress_line_shows_the_problem() -> None:
+    problem = {"problem": "key_no_access", "since_s": 12.0, "says": "Keepa key has no access"}
+    line = progress_line(state([problem]), 30.0)
+    assert line.endswith("| health: Keepa key has no access (since 12.0s)"), line
+
+
+def test_the_progress_line_is_unchanged_when_healthy() -> None:
+    assert "health" not in progress_line(state([]), 30.0)
