@@ -229,8 +229,9 @@ def test_the_stats_peek_costs_a_token_a_product_and_offers_are_bought_for_surviv
     survivors = sum(len(c["asins"]) for c in commits)
     spent = sim.state(KEY)["tokens_consumed"] - consumed_before
     assert spent == sum(c for _, c in permits.settles if c)
-    # What the offers peek would have cost for the same 40: at least 5 tokens an ASIN.
-    assert spent - peek_consumed <= 12 * survivors < 5 * 40
+    # Offers were bought for the survivors alone: at most 12 tokens each (offers=20); the
+    # offers peek would have paid at least 5 an ASIN for all 40 before any commit.
+    assert spent - peek_consumed <= 12 * survivors
 
 
 def test_the_stats_peek_judges_as_the_offers_peek_does(
