@@ -35,6 +35,7 @@ class Params:
     window_s: float
     repeats: int
     idle_window_s: float
+    large: int = 2000  # then this many, one window: the figure beside the goal's count
 
     @property
     def n_first(self) -> int:
@@ -54,7 +55,8 @@ def run(profile: str, log_dir: Path) -> str:
     first: list[dict[str, Any]] = []  # with the first holder's workers only
     loaded: list[dict[str, Any]] = []
     holder_results: list[dict[str, Any]] = []
-    registered = alive_end = -1
+    registered = alive_end = alive_large = -1
+    large: list[dict[str, Any]] = []  # p.large workers, one window
     with h.owned_processes(log_dir) as procs:
         address, broker = h.start_sim_and_broker(
             procs,
@@ -92,10 +94,25 @@ def run(profile: str, log_dir: Path) -> str:
             )
             loaded.append(_measure(broker.pid, p.window_s))
         alive_end = _alive(address)
+        more = [
+            _holder(procs, address, i, min(PER_HOLDER, p.large - i))
+            for i in range(p.workers, p.large, PER_HOLDER)
+        ]
+        h.progress(f"{NAME}: registering {p.large} workers in {len(holders) + len(more)} processes")
+        for c in more:
+            h.wait_ready([c], timeout_s=120)
+            c.send(f"GO {t_stop:.6f}")
+        holders += more
+        time.sleep(SETTLE_S)
+        h.progress(f"{NAME}: {p.large} heartbeating workers, one window ({p.window_s:.0f} s)")
+        large.append(_measure(broker.pid, p.window_s))
+        alive_large = _alive(address)
         for c in holders:
             c.send("STOP")
         holder_results = h.collect_results(holders, timeout_s=60)
-    return _report(p, idle, first, loaded, holder_results, registered, alive_end)
+    return _report(
+        p, idle, first, loaded, holder_results, registered, alive_end, large, alive_large
+    )
 
 
 def _holder(procs: h.Processes, address: str, first: int, count: int) -> h.Child:
@@ -140,6 +157,8 @@ def _report(
     holders: list[dict[str, Any]],
     registered: int,
     alive_end: int,
+    large: list[dict[str, Any]] | None = None,
+    alive_large: int = -1,
 ) -> str:
     cpu = h.figures(loaded, "cpu_pct")
     rss = h.figures(loaded, "rss_mb")
@@ -168,6 +187,18 @@ def _report(
                 f"{cpu.median - cpu_idle.median:+.2f}",
                 f"{rss.median - rss_idle.median:+.1f}",
             ],
+            *(
+                [
+                    [
+                        f"{p.large} workers heartbeating at 1 Hz (one window; "
+                        f"{alive_large} alive in status)",
+                        h.figures(large, "cpu_pct").fmt(".2f"),
+                        h.figures(large, "rss_mb").fmt(".1f"),
+                    ]
+                ]
+                if large
+                else []
+            ),
         ],
     )
     facts = h.table(
