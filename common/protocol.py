@@ -42,6 +42,8 @@ type                direction           meaning
 from __future__ import annotations
 
 import dataclasses
+import enum
+import math
 import types
 import typing
 from typing import Any, ClassVar, Union
@@ -60,6 +62,79 @@ MAX_REPLY_BYTES = 16 * 1024 * 1024
 # never kills or counts stalled such a peer (it only forgets it when it falls silent) and
 # shows its spending apart from the workers'.
 ROLE_CLIENT = "client"
+
+
+class Role(enum.StrEnum):
+    """HELLO.role: a fleet worker's pipeline role, or a client program (``ROLE_CLIENT``)."""
+
+    DEALS = "deals"
+    INGEST = "ingest"
+    REFRESH = "refresh"
+    ALL = "all"
+    CLIENT = ROLE_CLIENT
+
+
+WORKER_ROLES = (Role.DEALS, Role.INGEST, Role.REFRESH, Role.ALL)
+
+
+class SettleStatus(enum.StrEnum):
+    """SETTLE.status: how the Keepa call under a permit ended."""
+
+    OK = "ok"  # Keepa answered 2xx
+    HTTP_ERROR = "http_error"  # Keepa answered with an error status (envelope attached)
+    TIMEOUT = "timeout"  # outcome unknown: the cost is assumed spent
+    CONNECTION_ERROR = "connection_error"  # outcome unknown: the cost is assumed spent
+    ERROR = "error"  # outcome unknown: the cost is assumed spent
+    NOT_SENT = "not_sent"  # the request never left the worker: nothing spent
+
+
+SETTLE_STATUSES = frozenset(SettleStatus)
+
+
+class RejectReason(enum.StrEnum):
+    """REJECT.reason: why a request will never be granted."""
+
+    DEADLINE = "deadline"  # not grantable before the requester's deadline
+    TOO_LARGE = "too_large"  # more than the account can ever grant (see max_cost)
+    QUEUE_FULL = "queue_full"  # broker.max_queued_per_worker requests already queued
+    DRAINING = "draining"  # the broker is stopping
+    CANCELLED = "cancelled"  # (a retried REQUEST of a cancelled seq)
+    SEQ_REUSED = "seq_reused"  # the seq was used before for another cost
+    KILLED = "killed"  # the broker is killing this worker
+    BAD_SEQ = "bad_seq"  # seq outside 0..MAX_SEQ
+    BAD_COST = "bad_cost"  # cost outside 1..MAX_COST
+    BAD_PRIORITY = "bad_priority"  # priority outside -MAX_PRIORITY..MAX_PRIORITY
+    BAD_DEADLINE = "bad_deadline"  # deadline_s not in (0, MAX_DEADLINE_S]
+
+
+class ErrorCode(enum.StrEnum):
+    """ERROR.code (and ``ProtocolError.code``): what was wrong with a received message."""
+
+    TOO_LARGE = "too_large"  # the frame is over MAX_MESSAGE_BYTES
+    BAD_MSGPACK = "bad_msgpack"  # the bytes are not msgpack
+    BAD_ENVELOPE = "bad_envelope"  # not [version, type, fields]; or a bad token envelope
+    BAD_VERSION = "bad_version"  # another protocol version
+    UNKNOWN_TYPE = "unknown_type"  # no such message type
+    BAD_FIELDS = "bad_fields"  # a missing, unknown or wrongly typed field
+    UNENCODABLE = "unencodable"  # (encode) a field value msgpack cannot carry
+    BAD_FRAMES = "bad_frames"  # (broker) not [identity, payload] or [identity, "", payload]
+    UNEXPECTED_TYPE = "unexpected_type"  # (broker) a message the broker never receives
+    BAD_PERMIT = "bad_permit"  # (broker) a SETTLE permit id over MAX_PERMIT_CHARS
+    BAD_HELLO = "bad_hello"  # (broker) a HELLO outside the bounds below
+    TOO_MANY_WORKERS = "too_many_workers"  # (broker) broker.max_workers registered
+
+
+# Bounds of the fields the broker accepts (larger frames are dropped by ZeroMQ itself at
+# MAX_TRANSPORT_BYTES; a REQUEST outside these is answered REJECT bad_*).
+MAX_TRANSPORT_BYTES = 1024 * 1024
+MAX_SEQ = 2**63 - 1
+MAX_COST = 10**9
+MAX_PRIORITY = 10**6
+MAX_DEADLINE_S = 7 * 86400.0
+MAX_DETAIL_CHARS = 200
+# Longest permit id a SETTLE may carry (the broker's are "<8 hex>-<n>"): the ids of settled
+# permits are kept for a while, so their size must be bounded too.
+MAX_PERMIT_CHARS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +271,19 @@ class Error(Message):
     TYPE: ClassVar[str] = "ERROR"
     code: str
     detail: str = ""
+
+
+def request_problem(msg: Request) -> RejectReason | None:
+    """Why a REQUEST is outside the bounds above (None: it is inside)."""
+    if not 0 <= msg.seq <= MAX_SEQ:
+        return RejectReason.BAD_SEQ
+    if not 1 <= msg.cost <= MAX_COST:
+        return RejectReason.BAD_COST
+    if not -MAX_PRIORITY <= msg.priority <= MAX_PRIORITY:
+        return RejectReason.BAD_PRIORITY
+    if not (math.isfinite(msg.deadline_s) and 0 < msg.deadline_s <= MAX_DEADLINE_S):
+        return RejectReason.BAD_DEADLINE
+    return None
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
