@@ -37,7 +37,7 @@ from broker.permits import Decision, PermitBook
 from broker.registry import Registry, WorkerRecord
 from broker.snapshot import StatusSnapshot, summary_line, take_snapshot
 from broker.sync import SyncPolicy, SyncResult
-from common import procinfo, protocol
+from common import defaults, procinfo, protocol
 from common.config import Settings
 from common.errors import ProtocolError
 from common.protocol import ErrorCode, SettleStatus
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 MAX_POLL_S = 1.0  # safety cap of the poll timeout
 KILL_CHECK_S = 0.1  # how often a SIGTERMed process is checked for having exited
 SUMMARY_EVERY_S = 60.0
-DRAIN_TIMEOUT_S = 5.0  # SIGTERM: how long granted permits get to settle
+DRAIN_TIMEOUT_S = defaults.DRAIN_TIMEOUT_S  # (the default of broker.drain_timeout_s)
 MAX_DETAIL_CHARS = protocol.MAX_DETAIL_CHARS
 MAX_PERMIT_CHARS = protocol.MAX_PERMIT_CHARS
 
@@ -106,7 +106,7 @@ class BrokerCore(Handlers):
         request_sync: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        drain_timeout_s: float | None = None,
         signal_fn: Callable[[int, int], None] = os.kill,
         this_host: str | None = None,
     ) -> None:
@@ -117,7 +117,8 @@ class BrokerCore(Handlers):
         self.version = VERSION
         self.broker_id = uuid.uuid4().hex[:12]
         self.address = b.address  # the transport replaces it by the bound endpoint
-        self.drain_timeout_s = drain_timeout_s
+        # SIGTERM: how long granted permits get to settle (None: broker.drain_timeout_s).
+        self.drain_timeout_s = b.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
         self._send = send if send is not None else RecordingSend()
         self.sync_requests: collections.deque[str] = collections.deque(maxlen=100)
         self._request_sync = request_sync or self._record_sync
@@ -223,7 +224,7 @@ class BrokerCore(Handlers):
             self._send_decision(decision, now)
         due = self.registry.heartbeats_due(now) if scan else []
         if due:
-            beat = protocol.Heartbeat(info={"max_cost": self.ledger.max_cost()}).encode()
+            beat = protocol.Heartbeat(max_cost=self.ledger.max_cost()).encode()
             for rec in due:
                 self._send_to(rec, beat, now)  # encoded once for all
         self.registry.purge(now)

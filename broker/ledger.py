@@ -94,15 +94,19 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
+from common import defaults
+
 if TYPE_CHECKING:
     from common.keepa import TokenEnvelope
 
 log = logging.getLogger(__name__)
 
-REFILL_PERIOD_S = 60.0  # Keepa's refill step; tests and the simulator shorten it
-SOFT_FLOOR = 20
-RESUME_AT = 60
-MAX_DEFICIT = 0
+# Keepa's refill step (tests and the simulator shorten it) and the recharge thresholds: the
+# defaults of the settings of the same names (common/defaults.py).
+REFILL_PERIOD_S = defaults.REFILL_PERIOD_S
+SOFT_FLOOR = defaults.SOFT_FLOOR
+RESUME_AT = defaults.RESUME_AT
+MAX_DEFICIT = defaults.MAX_DEFICIT
 CAP_MINUTES = 60  # unused tokens expire after an hour: cap = 60 x refill rate
 # How far Keepa's clock may disagree with itself before an observation is treated as bogus.
 MAX_CLOCK_SKEW_MS = 60_000

@@ -39,11 +39,13 @@ from typing import Any
 
 from broker import states
 from broker.ledger import Ledger, Observation
+from common import defaults
+from common.protocol import RejectReason, SettleStatus
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL_S = 150.0
-MAX_QUEUED_PER_WORKER = 8
+LEASE_TTL_S = defaults.LEASE_TTL_S
+MAX_QUEUED_PER_WORKER = defaults.MAX_QUEUED_PER_WORKER
 ANSWERS_PER_WORKER = 64
 FINISHED_KEEP_S = 600.0
 MAX_FINISHED = 4096
@@ -51,18 +53,18 @@ MAX_FINISHED = 4096
 GRANT = "grant"
 REJECT = "reject"
 
-# Reject reasons (REJECT.reason on the wire).
-R_BAD_COST = "bad_cost"
-R_BAD_DEADLINE = "bad_deadline"
-R_TOO_LARGE = "too_large"
-R_QUEUE_FULL = "queue_full"
-R_DRAINING = "draining"
-R_DEADLINE = "deadline"
-R_CANCELLED = "cancelled"
-R_SEQ_REUSED = "seq_reused"
+# Reject reasons (REJECT.reason on the wire: common/protocol.py has them all).
+R_BAD_COST = RejectReason.BAD_COST
+R_BAD_DEADLINE = RejectReason.BAD_DEADLINE
+R_TOO_LARGE = RejectReason.TOO_LARGE
+R_QUEUE_FULL = RejectReason.QUEUE_FULL
+R_DRAINING = RejectReason.DRAINING
+R_DEADLINE = RejectReason.DEADLINE
+R_CANCELLED = RejectReason.CANCELLED
+R_SEQ_REUSED = RejectReason.SEQ_REUSED
 
 # SETTLE.status values.
-S_NOT_SENT = "not_sent"
+S_NOT_SENT = SettleStatus.NOT_SENT
 
 
 @dataclasses.dataclass

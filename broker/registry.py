@@ -30,6 +30,7 @@ from typing import Any
 from broker import states
 from common import protocol
 from common.errors import ProtocolError
+from common.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def check_hello(hello: protocol.Hello) -> None:
     if len(hello.role) > MAX_LABEL_CHARS or len(hello.version) > MAX_LABEL_CHARS:
         problems.append(f"role and version are at most {MAX_LABEL_CHARS} characters")
     if problems:
-        raise ProtocolError("bad_hello", "; ".join(problems))
+        raise ProtocolError(ErrorCode.BAD_HELLO, "; ".join(problems))
 
 
 def bounded(value: Any, depth: int = MAX_INFO_DEPTH) -> Any:
@@ -241,7 +242,8 @@ class Registry:
             self._end(old, now, "replaced by a new registration")
         if self.live_count() >= self.max_workers:
             raise ProtocolError(
-                "too_many_workers", f"{self.max_workers} workers registered (broker.max_workers)"
+                ErrorCode.TOO_MANY_WORKERS,
+                f"{self.max_workers} workers registered (broker.max_workers)",
             )
         rec = WorkerRecord(
             worker_id=hello.worker_id,

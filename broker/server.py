@@ -93,7 +93,7 @@ class Broker(BrokerCore):
         keepa_client: TokenSource | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        drain_timeout_s: float | None = None,
         signal_fn: Callable[[int, int], None] = os.kill,
         this_host: str | None = None,
     ) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from common import defaults
 from common.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "fleet.toml"
@@ -68,7 +69,7 @@ class KeepaSettings:
         hi=100,
     )
     refill_period_s: float = _field(
-        60.0,
+        defaults.REFILL_PERIOD_S,
         "Keepa's refill step, seconds (60 on Keepa)",
         env="KEEPA_REFILL_PERIOD_S",
         lo=0.05,
@@ -93,16 +94,25 @@ class BrokerSettings:
     )
     kill_grace_s: float = _field(5.0, "SIGTERM to SIGKILL grace, seconds", lo=0.05, hi=600)
     lease_ttl_s: float = _field(
-        150.0, "permit lease; unsettled after this = expired, seconds", lo=0.1, hi=3600
+        defaults.LEASE_TTL_S,
+        "permit lease; unsettled after this = expired, seconds",
+        lo=0.1,
+        hi=3600,
     )
     soft_floor: int = _field(
-        20, "a grant that takes available below this starts recharge", lo=0, hi=1_000_000
+        defaults.SOFT_FLOOR,
+        "a grant that takes available below this starts recharge",
+        lo=0,
+        hi=1_000_000,
     )
     resume_at: int = _field(
-        60, "recharge ends when available reaches this (clamped to the cap)", lo=0, hi=1_000_000
+        defaults.RESUME_AT,
+        "recharge ends when available reaches this (clamped to the cap)",
+        lo=0,
+        hi=1_000_000,
     )
     max_deficit: int = _field(
-        0, "how far below zero a grant may take available", lo=0, hi=1_000_000
+        defaults.MAX_DEFICIT, "how far below zero a grant may take available", lo=0, hi=1_000_000
     )
     sync_min_interval_s: float = _field(
         1.0, "never call /token more often than this, seconds", lo=0.0, hi=3600
@@ -114,7 +124,15 @@ class BrokerSettings:
         5.0, "sync before telling a requester to wait longer than this, seconds", lo=0.0, hi=3600
     )
     max_workers: int = _field(1000, "registered workers at most", lo=1, hi=100_000)
-    max_queued_per_worker: int = _field(8, "queued requests per worker at most", lo=1, hi=10_000)
+    max_queued_per_worker: int = _field(
+        defaults.MAX_QUEUED_PER_WORKER, "queued requests per worker at most", lo=1, hi=10_000
+    )
+    drain_timeout_s: float = _field(
+        defaults.DRAIN_TIMEOUT_S,
+        "on SIGTERM, how long granted permits get to settle, seconds",
+        lo=0.0,
+        hi=3600,
+    )
     metrics_port: int = _field(0, "Prometheus metrics port on 127.0.0.1; 0 = off", lo=0, hi=65535)
     curve_dir: str = _field(
         "",
@@ -145,7 +163,7 @@ class WorkerSettings:
         86400.0, "warn when the newest deal is older than this, seconds", lo=1, hi=30 * 86400
     )
     grant_wait_s: float = _field(
-        600.0, "how long a worker waits for a grant, seconds", lo=0.1, hi=86400
+        defaults.GRANT_WAIT_S, "how long a worker waits for a grant, seconds", lo=0.1, hi=86400
     )
     cost_per_product: float = _field(
         5.0, "initial estimate of tokens per product for offers=20", lo=0.1, hi=1000

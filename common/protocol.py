@@ -52,7 +52,8 @@ import msgpack
 
 from common.errors import ProtocolError
 
-VERSION = 1
+# 2: HEARTBEAT.max_cost (broker -> worker) replaces the free-form info["max_cost"].
+VERSION = 2
 # Largest frame the broker accepts from a peer. A STATUS_REPLY may be larger: decode() of
 # replies is called with a larger limit by the status tool.
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -174,6 +175,9 @@ class Heartbeat(Message):
     items_done: int = 0
     # Free-form figures the worker wants shown in status (pipeline totals, feed staleness).
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Broker -> worker: the largest cost the account can ever grant (as in WELCOME); 0 =
+    # not known (and always 0 from a worker).
+    max_cost: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,10 +201,7 @@ class Cancel(Message):
 class Settle(Message):
     TYPE: ClassVar[str] = "SETTLE"
     permit: str
-    # "ok": Keepa answered 2xx; "http_error": Keepa answered with an error status (the
-    # envelope, if any, is attached); "timeout"/"connection_error"/"error": the outcome is
-    # unknown, the cost is assumed spent; "not_sent": the request never left the worker.
-    status: str
+    status: str  # a SettleStatus
     envelope: dict[str, Any] | None = None
     http_status: int | None = None
 
@@ -243,15 +244,14 @@ class Grant(Message):
 class Reject(Message):
     TYPE: ClassVar[str] = "REJECT"
     seq: int
-    # "deadline", "too_large" (see max_cost), "draining", "queue_full", "bad_cost", ...
-    reason: str
+    reason: str  # a RejectReason ("too_large": see max_cost)
     max_cost: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class Kill(Message):
     TYPE: ClassVar[str] = "KILL"
-    reason: str
+    reason: str  # a kill reason: "silent" or "stalled" (broker/states.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,7 +269,7 @@ class StatusReply(Message):
 @dataclasses.dataclass(frozen=True)
 class Error(Message):
     TYPE: ClassVar[str] = "ERROR"
-    code: str
+    code: str  # an ErrorCode
     detail: str = ""
 
 
@@ -316,43 +316,47 @@ def encode(message: Message) -> bytes:
     try:
         return msgpack.packb([VERSION, message.TYPE, fields], use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolError("unencodable", f"{message.TYPE}: {exc}") from None
+        raise ProtocolError(ErrorCode.UNENCODABLE, f"{message.TYPE}: {exc}") from None
 
 
 def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     """Parse one frame into a message; anything else raises ProtocolError (never another)."""
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise ProtocolError("bad_envelope", f"frame is {type(data).__name__}, not bytes")
+        raise ProtocolError(ErrorCode.BAD_ENVELOPE, f"frame is {type(data).__name__}, not bytes")
     if len(data) > max_bytes:
-        raise ProtocolError("too_large", f"{len(data)} bytes > {max_bytes}")
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"{len(data)} bytes > {max_bytes}")
     try:
         obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
-        raise ProtocolError("bad_msgpack", f"{type(exc).__name__}: {exc}") from None
+        raise ProtocolError(ErrorCode.BAD_MSGPACK, f"{type(exc).__name__}: {exc}") from None
     if not isinstance(obj, list) or len(obj) != 3:
-        raise ProtocolError("bad_envelope", "expected [version, type, fields]")
+        raise ProtocolError(ErrorCode.BAD_ENVELOPE, "expected [version, type, fields]")
     version, type_, fields = obj
     if version != VERSION or isinstance(version, bool):
-        raise ProtocolError("bad_version", f"version {version!r}, this side speaks {VERSION}")
+        raise ProtocolError(
+            ErrorCode.BAD_VERSION, f"version {version!r}, this side speaks {VERSION}"
+        )
     if not isinstance(type_, str) or type_ not in MESSAGE_TYPES:
-        raise ProtocolError("unknown_type", f"type {type_!r}"[:200])
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"type {type_!r}"[:200])
     if not isinstance(fields, dict):
-        raise ProtocolError("bad_fields", f"{type_}: fields are not a map")
+        raise ProtocolError(ErrorCode.BAD_FIELDS, f"{type_}: fields are not a map")
     cls = MESSAGE_TYPES[type_]
     schema = _schema(cls)
     unknown = set(fields) - set(schema)
     if unknown:
-        raise ProtocolError("bad_fields", f"{type_}: unknown fields {sorted(map(str, unknown))}")
+        raise ProtocolError(
+            ErrorCode.BAD_FIELDS, f"{type_}: unknown fields {sorted(map(str, unknown))}"
+        )
     kwargs: dict[str, Any] = {}
     for name, (expected, required) in schema.items():
         if name not in fields:
             if required:
-                raise ProtocolError("bad_fields", f"{type_}: missing field {name!r}")
+                raise ProtocolError(ErrorCode.BAD_FIELDS, f"{type_}: missing field {name!r}")
             continue
         value = fields[name]
         if not _matches(value, expected):
             raise ProtocolError(
-                "bad_fields", f"{type_}.{name}: {type(value).__name__} is not {expected}"
+                ErrorCode.BAD_FIELDS, f"{type_}.{name}: {type(value).__name__} is not {expected}"
             )
         kwargs[name] = float(value) if expected == (float,) else value
     return cls(**kwargs)

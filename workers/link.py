@@ -14,7 +14,7 @@ message         what the link does
 ==============  ============================================================================
 ``WELCOME``     READY: takes the broker's timing settings and ``max_cost``; sends the
                 settles kept while no broker was connected
-``HEARTBEAT``   liveness only (its ``info["max_cost"]`` updates ``max_cost``)
+``HEARTBEAT``   liveness only (its ``max_cost`` updates ``max_cost``)
 ``GRANT``       wakes the waiting ``call``; a grant nobody waits for is settled "not_sent"
 ``REJECT``      wakes the waiting ``call``; updates ``max_cost``
 ``KILL``        only while READY (the broker that welcomed this connection): logs the
@@ -70,6 +70,7 @@ import zmq
 from common import procinfo, protocol
 from common.curve import setup_client
 from common.errors import BrokerUnavailable, ConfigError, ProtocolError
+from common.protocol import SettleStatus
 
 log = logging.getLogger(__name__)
 
@@ -616,9 +617,8 @@ class BrokerLink:
         self._flush_backlog(retry=False)
 
     def handle_heartbeat(self, msg: protocol.Heartbeat, now: float) -> None:
-        value = msg.info.get("max_cost")
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            self._max_cost = value
+        if msg.max_cost > 0:
+            self._max_cost = msg.max_cost
 
     def handle_grant(self, msg: protocol.Grant, now: float) -> None:
         with self._lock:
@@ -629,7 +629,9 @@ class BrokerLink:
             return
         # Granted after its requester stopped waiting (deadline, stop, lost connection).
         log.info("GRANT %s for seq %d nobody waits for: settled not_sent", msg.permit, msg.seq)
-        self._send_settle(_Outgoing(protocol.Settle(permit=msg.permit, status="not_sent"), session))
+        self._send_settle(
+            _Outgoing(protocol.Settle(permit=msg.permit, status=SettleStatus.NOT_SENT), session)
+        )
 
     def handle_reject(self, msg: protocol.Reject, now: float) -> None:
         if msg.max_cost > 0:

@@ -39,7 +39,7 @@ def test_heartbeats_both_ways(serve: Callable[..., Broker], peers: Callable[...,
     peer = peers(broker.address)
     peer.hello("w1")
     hb = peer.expect(protocol.Heartbeat)  # the broker heartbeats an idle worker
-    assert hb.info["max_cost"] == 1200
+    assert hb.max_cost == 1200 and "max_cost" not in hb.info  # a typed field since protocol 2
     pipeline = {"candidates_waiting": 7, "deals_live": 3, "deals_committed": 2}
     peer.send(
         protocol.Heartbeat(

@@ -149,7 +149,7 @@ def test_reject_raises_with_max_cost(connected: Connected) -> None:
 
 
 def test_broker_heartbeat_updates_max_cost(connected: Connected) -> None:
-    connected.broker.send(connected.identity, protocol.Heartbeat(info={"max_cost": 1234}))
+    connected.broker.send(connected.identity, protocol.Heartbeat(max_cost=1234))
     wait_until(lambda: connected.client.max_cost() == 1234, 10)
 
 

@@ -32,6 +32,7 @@ from common.config import FilterSettings, Settings
 from common.errors import PermitRejected
 from common.keepa import KeepaClient, KeepaResponse
 from common.procinfo import this_host
+from common.protocol import RejectReason
 from common.storage import Rejection, Storage
 from workers.costs import LIGHT_COST_PER_PRODUCT, ProductCostModel, offers_bound_per_product
 from workers.filters import PRICE_NEW, Facts, check, facts
@@ -172,7 +173,7 @@ class Pipeline:
             try:
                 resp = self.permits.call(cost, fn, priority=priority)
             except PermitRejected as exc:
-                if exc.reason != "too_large" or exc.max_cost <= 0:
+                if exc.reason != RejectReason.TOO_LARGE or exc.max_cost <= 0:
                     raise
                 max_cost = exc.max_cost
                 n = costs.fit(len(asins), max_cost)
@@ -193,7 +194,7 @@ class Pipeline:
             if costs.observe(resp.envelope.tokens_consumed, len(products_of(resp))):
                 self.storage.set_state(shared_key, costs.learned, self.clock())
             return resp, asins
-        raise PermitRejected("too_large", max_cost)
+        raise PermitRejected(RejectReason.TOO_LARGE, max_cost)
 
 
 def products_of(resp: KeepaResponse) -> dict[str, dict[str, Any]]:
