@@ -23,6 +23,7 @@ from typing import Any
 
 from common import defaults
 from common.errors import ConfigError
+from common.fields import coerce_setting as _coerce
 
 DEFAULT_CONFIG_FILE = "fleet.toml"
 SIM_DEFAULT_PORT = 8787
@@ -344,44 +345,6 @@ def _with_queries(settings: Settings, tables: Any, path: Path | None) -> Setting
         for warning in q.warnings:
             logging.getLogger("common.queries").warning("%s", warning)
     return dataclasses.replace(settings, queries=queries)
-
-
-def _coerce(name: str, f: dataclasses.Field[Any], raw: Any, origin: str) -> Any:
-    kind = type(f.default)
-    shown = "***" if f.metadata.get("secret") else repr(raw)
-    where = f"(from {origin})"
-    try:
-        if kind is bool:
-            if isinstance(raw, str):
-                if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError
-                value: Any = raw.lower() in ("1", "true", "yes")
-            else:
-                value = bool(raw)
-        elif kind is int:
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError
-            value = int(raw)
-        elif kind is float:
-            if isinstance(raw, bool):
-                raise ValueError
-            value = float(raw)
-            if value != value:  # NaN
-                raise ValueError
-        else:
-            if not isinstance(raw, str):
-                raise ValueError
-            value = raw
-    except (TypeError, ValueError):
-        raise ConfigError(name, f"{shown} is not a valid {kind.__name__} {where}") from None
-    lo, hi, choices = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("choices")
-    if lo is not None and value < lo:
-        raise ConfigError(name, f"{shown} is below the minimum {lo} {where}")
-    if hi is not None and value > hi:
-        raise ConfigError(name, f"{shown} is above the maximum {hi} {where}")
-    if choices and value not in choices:
-        raise ConfigError(name, f"{shown} is not one of {', '.join(choices)} {where}")
-    return value
 
 
 def _check_consistency(s: Settings) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
+from common.fields import coerce_setting  # the same checks as [filters]
 
 log = logging.getLogger(__name__)
 
@@ -511,8 +512,6 @@ def _query_filters(label: str, table: Any, base: Any) -> Any:
         return base
     if not isinstance(table, dict):
         raise ConfigError(f"{label}: filters", "must be a table")
-    from common.config import _coerce  # the same checks as [filters]
-
     fields = {f.name: f for f in dataclasses.fields(base)}
     values: dict[str, Any] = {}
     for key, raw in table.items():
@@ -521,7 +520,7 @@ def _query_filters(label: str, table: Any, base: Any) -> Any:
             raise ConfigError(
                 f"{label}: filters.{key}", f"unknown filter; known: {', '.join(fields)}"
             )
-        values[key] = _coerce(f"{label}: filters.{key}", f, raw, label)
+        values[key] = coerce_setting(f"{label}: filters.{key}", f, raw, label)
     return dataclasses.replace(base, **values)
 
 

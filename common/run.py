@@ -180,7 +180,7 @@ def _cmdline(pid: int) -> bytes:
 
 
 def progress_loop(settings: Settings, every: float) -> int:
-    from broker.status_cli import fetch_status
+    from common.status_client import fetch_status
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

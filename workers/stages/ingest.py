@@ -24,7 +24,7 @@ from typing import Any
 
 from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout
 from workers.notify import notify_deals
-from workers.stages import (
+from workers.pipeline import (
     PRIORITY_COMMIT,
     URGENCY_BASE,
     URGENCY_NONE,
