@@ -40,6 +40,7 @@ from typing import Any
 from broker import states
 from broker.ledger import Ledger, Observation
 from common import defaults
+from common.lifecycle import transition
 from common.protocol import RejectReason, SettleStatus
 
 log = logging.getLogger(__name__)
@@ -264,8 +265,7 @@ class PermitBook:
     def _grant(self, permit: Permit, now: float) -> Decision:
         self._dequeue(permit.permit)
         self.ledger.grant(permit.permit, permit.cost, now)
-        # QUEUED -> GRANTED
-        permit.state = states.GRANTED
+        transition(states.PERMIT, permit, states.GRANTED, logger=log, subject=permit.permit)
         permit.granted_at = now
         permit.lease_until = now + self.lease_ttl_s
         self._granted[permit.permit] = permit
@@ -456,7 +456,7 @@ class PermitBook:
         return permit
 
     def _finish(self, permit: Permit, state: str, reason: str, now: float) -> None:
-        permit.state = state
+        transition(states.PERMIT, permit, state, logger=log, subject=permit.permit)
         permit.reason = reason
         permit.finished_at = now
         if state == states.REJECTED:

@@ -30,6 +30,7 @@ from typing import Any
 from broker import states
 from common import protocol
 from common.errors import ProtocolError
+from common.lifecycle import transition
 from common.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -96,9 +97,7 @@ class WorkerRecord:
         return self.state in LIVE_STATES
 
     def set_state(self, state: str, now: float) -> None:
-        if state != self.state:
-            self.state = state
-            self.state_since = now
+        transition(states.WORKER, self, state, logger=log, subject=self.worker_id, now=now)
 
 
 def session_key(hello: protocol.Hello) -> str:

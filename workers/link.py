@@ -26,7 +26,7 @@ message         what the link does
 
 Anything else from the socket is logged and ignored.
 
-Link states (``state``)::
+Link states (``state``; the table ``LINK`` is what the code obeys)::
 
     DISCONNECTED -> CONNECTING   the reconnect time came: new socket, HELLO sent
     CONNECTING -> READY          WELCOME received
@@ -70,6 +70,7 @@ import zmq
 from common import procinfo, protocol
 from common.curve import setup_client
 from common.errors import BrokerUnavailable, ConfigError, ProtocolError
+from common.lifecycle import Lifecycle, transition
 from common.protocol import SettleStatus
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,21 @@ DISCONNECTED = "disconnected"
 CONNECTING = "connecting"
 READY = "ready"
 CLOSED = "closed"
+LINK = Lifecycle(
+    name="link",
+    states=(DISCONNECTED, CONNECTING, READY, CLOSED),
+    initial=DISCONNECTED,
+    edges={
+        (DISCONNECTED, CONNECTING): "the reconnect time came: new socket, HELLO sent",
+        (CONNECTING, READY): "WELCOME received",
+        (READY, CONNECTING): "DISCONNECT received: HELLO again on the same socket",
+        (CONNECTING, DISCONNECTED): "no WELCOME in time, or HELLO refused: socket closed",
+        (READY, DISCONNECTED): "nothing heard from the broker for liveness x heartbeat",
+        (DISCONNECTED, CLOSED): "close()",
+        (CONNECTING, CLOSED): "close()",
+        (READY, CLOSED): "close(), or KILL from the broker that welcomed this connection",
+    },
+)
 
 RECONNECT_MIN_S = 0.1  # first reconnect delay; doubles up to worker.reconnect_max_s
 RECONNECT_JITTER = 0.5  # a delay is drawn from [(1 - JITTER) x backoff, backoff]
@@ -375,7 +391,7 @@ class BrokerLink:
             return
         self._sock = sock
         self._poller.register(sock, zmq.POLLIN)
-        self.state = CONNECTING
+        self._to(CONNECTING)
         self._last_heard = now
         self._send_hello(now)
 
@@ -539,7 +555,7 @@ class BrokerLink:
         self._reconnect_at = now + delay
         log.warning("broker %s gone (%s): reconnecting in %.2f s", self.address, reason, delay)
         self._close_socket()
-        self.state = DISCONNECTED
+        self._to(DISCONNECTED)
         self._not_ready(f"broker gone: {reason}")
 
     def _not_ready(self, reason: str) -> None:
@@ -570,10 +586,13 @@ class BrokerLink:
             self._settle_backlog.clear()
         self._set_closed("the broker link is closed", FLUSH_LINGER_MS)
 
+    def _to(self, state: str) -> None:
+        transition(LINK, self, state, logger=log, subject=self.worker_id)
+
     def _set_closed(self, reason: str, linger_ms: int = 0) -> None:
         # any -> CLOSED: the socket closed (``linger_ms`` for what is queued), waits ended
         self._close_socket(linger_ms)
-        self.state = CLOSED
+        self._to(CLOSED)
         self._closed.set()
         self._not_ready(reason)
 
@@ -599,7 +618,7 @@ class BrokerLink:
         if msg.max_cost > 0:
             self._max_cost = msg.max_cost
         self.backoff.reset()
-        self.state = READY
+        self._to(READY)
         self._next_heartbeat = now + self.heartbeat_s
         with self._lock:
             self._session += 1 if new_session else 0
@@ -668,7 +687,7 @@ class BrokerLink:
     def handle_disconnect(self, msg: protocol.Disconnect, now: float) -> None:
         # READY|CONNECTING -> CONNECTING
         log.info("DISCONNECT from the broker (%s): HELLO again", msg.reason[:200])
-        self.state = CONNECTING
+        self._to(CONNECTING)
         self._not_ready(f"the broker does not know this worker: {msg.reason}")
         self._send_hello(now)
 

@@ -78,6 +78,7 @@ def test_a_request_from_a_killed_worker_is_rejected() -> None:
     h = registered()
     rec = h.core.registry.by_identity(b"w1")
     assert rec is not None
+    rec.set_state(states.SILENT, h.now)  # (found silent by a scan)
     h.core.registry.mark_killing(rec, h.now)
     (reply,) = h.send(b"w1", protocol.Request(seq=1, cost=1))
     assert isinstance(reply, protocol.Reject) and reply.reason == RejectReason.KILLED
