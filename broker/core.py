@@ -9,12 +9,14 @@ workers, sync with Keepa, schedule grants, heartbeat idle workers, purge, drain.
 ``poll_timeout_s(now)`` says when the next timer falls due. The socket side
 (``broker/transport.py``, ``broker/server.py``) only moves frames and calls these.
 
-Driven without sockets (tests, fuzzing)::
+``send(frames) -> bool`` puts one message on the wire (False: dropped, a full or gone peer);
+``request_sync(reason) -> bool`` asks the /token thread. Driven without sockets (the unit
+tests, the fuzzers: ``tests/doubles.py``, ``CoreHarness``)::
 
-    sent = RecordingSend()
-    core = BrokerCore(settings, send=sent, clock=lambda: now)
+    router = FakeRouter()
+    core = BrokerCore(settings, send=router.send, clock=lambda: now)
     core.handle(Peer(b"w1"), protocol.Hello(...), now)
-    sent.take()                     # [(b"w1", Welcome(...))]
+    router.take()                   # [(b"w1", Welcome(...))]
 """
 
 from __future__ import annotations
@@ -71,30 +73,6 @@ class Peer:
     req: bool = False
 
 
-class RecordingSend:
-    """A ``send`` for a core without sockets: keeps every message sent; ``fail_next`` makes
-    that many sends fail (a full or gone peer)."""
-
-    def __init__(self) -> None:
-        self.frames: list[list[bytes]] = []
-        self.fail_next = 0
-
-    def __call__(self, frames: list[bytes]) -> bool:
-        if self.fail_next:
-            self.fail_next -= 1
-            return False
-        self.frames.append(list(frames))
-        return True
-
-    def take(self) -> list[tuple[bytes, protocol.Message]]:
-        """(identity, message) of everything sent since the last take."""
-        out = [
-            (f[0], protocol.decode(f[-1], max_bytes=protocol.MAX_REPLY_BYTES)) for f in self.frames
-        ]
-        self.frames.clear()
-        return out
-
-
 class BrokerCore(Handlers):
     """The broker's state and decisions. Touched only by the thread running its loop."""
 
@@ -102,7 +80,7 @@ class BrokerCore(Handlers):
         self,
         settings: Settings,
         *,
-        send: Send | None = None,
+        send: Send,
         request_sync: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -119,7 +97,7 @@ class BrokerCore(Handlers):
         self.address = b.address  # the transport replaces it by the bound endpoint
         # SIGTERM: how long granted permits get to settle (None: broker.drain_timeout_s).
         self.drain_timeout_s = b.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
-        self._send = send if send is not None else RecordingSend()
+        self._send = send
         self.sync_requests: collections.deque[str] = collections.deque(maxlen=100)
         self._request_sync = request_sync or self._record_sync
         self.ledger = Ledger(

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from broker_net.net_support import FakeKeepa, Peer, broker_settings, status, worker_status
+from broker_net.net_support import FakeKeepa, broker_settings, status, worker_status
+from doubles import Peer
 from support import wait_until
 
 from broker.server import HANDLERS, Broker

@@ -8,46 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from doubles import FakeRouter, FakeSync
+
 from broker.core import BrokerCore
-from common import protocol
 from common.config import load_settings
 from common.keepa import TokenEnvelope
 
 THIS_HOST = "fuzz-host"
 KEEPA_EPOCH_MS = 1_700_000_000_000
-
-
-class FakeRouter:
-    """Records what the broker sends; fails a send when told to (a full or gone peer)."""
-
-    def __init__(self) -> None:
-        self.sent: list[list[bytes]] = []
-        self.fail_next = 0
-
-    def send(self, frames: list[bytes]) -> bool:
-        if self.fail_next:
-            self.fail_next -= 1
-            return False
-        self.sent.append(list(frames))
-        return True
-
-    def replies(self, start: int = 0) -> list[tuple[bytes, protocol.Message]]:
-        """(identity, message) of everything sent from index ``start`` on."""
-        return [
-            (f[0], protocol.decode(f[-1], max_bytes=protocol.MAX_REPLY_BYTES))
-            for f in self.sent[start:]
-        ]
-
-
-class FakeSync:
-    """The /token thread's request side."""
-
-    def __init__(self) -> None:
-        self.requests: list[str] = []
-
-    def request(self, reason: str) -> bool:
-        self.requests.append(reason)
-        return True
 
 
 def make_broker(signals: list[tuple[int, int]], **overrides: Any) -> BrokerCore:

@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from doubles import FakeBroker
 from support import wait_until
 from workers_runtime.conftest import Connected
-from workers_runtime.wr_support import CallThread, FakeBroker, envelope, make_client, response
+from workers_runtime.wr_support import CallThread, envelope, make_client, response
 
 from common import protocol
 from common.errors import (
