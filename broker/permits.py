@@ -4,13 +4,8 @@ Pure bookkeeping over a ``Ledger`` with ``now`` passed in: no sockets, no sleeps
 loop calls ``submit``/``cancel``/``settle`` on messages, then ``expire_leases`` and
 ``schedule`` every turn, and sleeps at most until ``next_wakeup``.
 
-Permit lifecycle (``broker/states.py``)::
-
-    QUEUED -> GRANTED      tokens allow it (schedule)
-    QUEUED -> REJECTED     deadline passed, too large to ever grant, draining
-    QUEUED -> CANCELLED    CANCEL, or the worker is gone
-    GRANTED -> SETTLED     SETTLE within the lease
-    GRANTED -> EXPIRED     the lease ran out: cost assumed spent, the ledger asks for a sync
+Permit lifecycle: the table ``broker.states.PERMIT`` (queued -> granted | rejected |
+cancelled, granted -> settled | expired); every change goes through ``transition``.
 
 Order: priority (higher first), then arrival. The *head* is the first request in that order
 that cannot be granted now; it reserves. A later request may go ahead only when granting it
@@ -53,19 +48,6 @@ MAX_FINISHED = 4096
 
 GRANT = "grant"
 REJECT = "reject"
-
-# Reject reasons (REJECT.reason on the wire: common/protocol.py has them all).
-R_BAD_COST = RejectReason.BAD_COST
-R_BAD_DEADLINE = RejectReason.BAD_DEADLINE
-R_TOO_LARGE = RejectReason.TOO_LARGE
-R_QUEUE_FULL = RejectReason.QUEUE_FULL
-R_DRAINING = RejectReason.DRAINING
-R_DEADLINE = RejectReason.DEADLINE
-R_CANCELLED = RejectReason.CANCELLED
-R_SEQ_REUSED = RejectReason.SEQ_REUSED
-
-# SETTLE.status values.
-S_NOT_SENT = SettleStatus.NOT_SENT
 
 
 @dataclasses.dataclass
@@ -144,23 +126,23 @@ class PermitBook:
             permit = self._queued[self._queued_by_key[key]]
             if permit.cost == cost:
                 return None
-            return self._reply_reject(worker, seq, cost, R_SEQ_REUSED)
+            return self._reply_reject(worker, seq, cost, RejectReason.SEQ_REUSED)
         answers = self._answers.get(worker)
         previous = answers.get(seq) if answers is not None else None
         if previous is not None:
             if previous.cost == cost:
                 return previous
-            return self._reply_reject(worker, seq, cost, R_SEQ_REUSED)
+            return self._reply_reject(worker, seq, cost, RejectReason.SEQ_REUSED)
         if self.draining:
-            return self._remember(self._reject_new(worker, seq, cost, R_DRAINING))
+            return self._remember(self._reject_new(worker, seq, cost, RejectReason.DRAINING))
         if cost <= 0:
-            return self._remember(self._reject_new(worker, seq, cost, R_BAD_COST))
+            return self._remember(self._reject_new(worker, seq, cost, RejectReason.BAD_COST))
         if not math.isfinite(deadline_s) or deadline_s <= 0:
-            return self._remember(self._reject_new(worker, seq, cost, R_BAD_DEADLINE))
+            return self._remember(self._reject_new(worker, seq, cost, RejectReason.BAD_DEADLINE))
         if self.ledger.has_observation and cost > self.ledger.max_cost():
-            return self._remember(self._reject_new(worker, seq, cost, R_TOO_LARGE))
+            return self._remember(self._reject_new(worker, seq, cost, RejectReason.TOO_LARGE))
         if self._queued_per_worker[worker] >= self.max_queued_per_worker:
-            return self._remember(self._reject_new(worker, seq, cost, R_QUEUE_FULL))
+            return self._remember(self._reject_new(worker, seq, cost, RejectReason.QUEUE_FULL))
         self._next_id += 1
         self._arrivals += 1
         permit = Permit(
@@ -197,9 +179,9 @@ class PermitBook:
             return
         permit = self._dequeue(permit_id)
         # QUEUED -> CANCELLED
-        self._finish(permit, states.CANCELLED, R_CANCELLED, now)
+        self._finish(permit, states.CANCELLED, RejectReason.CANCELLED, now)
         self.counts["cancelled"] += 1
-        self._remember(self._decision(permit, REJECT, R_CANCELLED))
+        self._remember(self._decision(permit, REJECT, RejectReason.CANCELLED))
 
     def schedule(self, now: float) -> list[Decision]:
         """The grants tokens allow now, and the rejects of requests past their deadline."""
@@ -216,11 +198,11 @@ class PermitBook:
             permit = self._queued[permit_id]
             reason = ""
             if self.draining:
-                reason = R_DRAINING
+                reason = RejectReason.DRAINING
             elif now >= permit.deadline_at:
-                reason = R_DEADLINE
+                reason = RejectReason.DEADLINE
             elif max_cost is not None and permit.cost > max_cost:
-                reason = R_TOO_LARGE  # the plan changed under it
+                reason = RejectReason.TOO_LARGE  # the plan changed under it
             if reason:
                 self._dequeue(permit_id)
                 # QUEUED -> REJECTED
@@ -297,7 +279,7 @@ class PermitBook:
                 and (worker is None or late.worker == worker)
             ):
                 self.counts["late_settles"] += 1
-                if status == S_NOT_SENT:
+                if status == SettleStatus.NOT_SENT:
                     self.ledger.release(permit, now)
                 elif obs is not None:
                     self.ledger.settle(permit, obs, now)
@@ -306,7 +288,7 @@ class PermitBook:
                 self.counts["unknown_settles"] += 1
             return None
         del self._granted[permit]
-        if status == S_NOT_SENT:
+        if status == SettleStatus.NOT_SENT:
             self.ledger.release(permit, now)
             if obs is not None:
                 self.ledger.observe(obs, now)
