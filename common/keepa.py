@@ -2,7 +2,7 @@
 
 Every call returns a ``KeepaResponse``: the JSON payload together with the token envelope
 Keepa puts in every response. Every failure is a ``KeepaError`` subclass (one per HTTP status
-of KEEPA_API.md, plus timeout, connection and bad body); the 429 error carries its envelope.
+of docs/KEEPA.md, plus timeout, connection and bad body); the 429 error carries its envelope.
 Against the real API only ``base_url`` and the key differ from the simulator.
 
 The API key travels only in the query string of the request. It is never put in a log line,

@@ -70,7 +70,7 @@ DOMAIN_CURRENCIES = {
 }
 PRICE_TYPE_MAX = 35  # csv / stats indices 0..35
 SORT_NEWEST_FIRST = 1
-DEAL_PAGE_COST = 5  # tokens a /deal page (KEEPA_API.md)
+DEAL_PAGE_COST = 5  # tokens a /deal page (docs/KEEPA.md)
 DEFAULT_PAGE_LIMIT = 10  # pages a scan of a non-newest-first query reads from the top
 MAX_PAGE_LIMIT = 66  # Keepa serves at most 10,000 deals a query: 67 pages of 150
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

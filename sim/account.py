@@ -1,6 +1,6 @@
 """Simulated Keepa token accounts: one per API key, each with its own lock.
 
-The rules (KEEPA_API.md, "Tokens"):
+The rules (docs/KEEPA.md, "Tokens"):
 
 - ``refill_rate`` tokens are added once per refill period, in one step; the steps fall at
   ``created_at + k × refill_period_s`` (k = 1, 2, ...), so ``refillIn`` is exact.

@@ -6,7 +6,7 @@ builds the payload — and returns an ``Outcome`` saying how long to wait before
 The HTTP layer waits (holding no lock), then calls ``KeepaSim.respond``, which adds the token
 envelope as of the moment of sending. The admin API (``/_sim/...``) is ``KeepaSim.admin``.
 
-Costs (KEEPA_API.md): ``/token`` 0; ``/deal`` 5 a page; ``/product`` per product *found*
+Costs (docs/KEEPA.md): ``/token`` 0; ``/deal`` 5 a page; ``/product`` per product *found*
 (unknown ASINs cost nothing): 1, or with ``offers=N`` 6 per found page of up to 10 offers
 instead — the pages requested are ``ceil(N / 10)``, the pages found ``ceil(offers / 10)``
 but at least 1, since the first page is always fetched even when it turns out empty (so a

@@ -54,7 +54,7 @@ HISTORY_SAMPLES = int(HISTORY_DAYS * DAY_S // HISTORY_STEP_S)
 MINMAX_SAMPLES = 24
 PROFILE_CACHE = 65_536
 
-# Price types (csv and stats indices, KEEPA_API.md "Data conventions").
+# Price types (csv and stats indices, docs/KEEPA.md "Data conventions").
 AMAZON = 0
 NEW = 1
 USED = 2

@@ -34,7 +34,7 @@ MAX_CATALOG_SIZE = 100_000_000
 
 DESCRIPTION = """\
 Run the simulated Keepa API (GET /token, GET /product, GET or POST /deal) on a loopback
-address. It behaves like Keepa as KEEPA_API.md describes it: per-key token accounts refilled
+address. It behaves like Keepa as docs/KEEPA.md describes it: per-key token accounts refilled
 by --refill-rate tokens every --refill-period seconds up to 60 x rate; a request runs while the
 balance is > 0 and may take it negative; 429 at <= 0; the token envelope on every response;
 a deterministic catalog and a deal feed that keeps growing, both from --seed.

@@ -6,7 +6,7 @@ last update, which the dip start itself counts as (so every deal is shown with i
 Listed are only products whose figures for the selected price type dropped below their
 average over the selected date range, updated in the last 12 hours.
 
-``selection`` keys (KEEPA_API.md; others are ignored): ``page`` (0-based, 150 a page),
+``selection`` keys (docs/KEEPA.md; others are ignored): ``page`` (0-based, 150 a page),
 ``domainId`` (required), ``priceTypes`` (required, exactly one), ``dateRange`` (0 day = the
 last 48 h as Keepa computes it, 1 week, 2 month, 3 90 days), ``sortType`` (1 deal age newest
 first, 2 absolute delta, 3 sales rank, 4 percentage delta; negative inverts; default 1), and the
@@ -50,7 +50,7 @@ DEAL_MAX_AGE_S = 12 * HOUR_S  # only products updated in the last 12 hours
 DATE_RANGE_DAYS = (2.0, 7.0, 31.0, 90.0)  # day (Keepa uses the last 48 h), week, month, 90 days
 SORT_TYPES = (1, 2, 3, 4)
 MAX_PAGE = 10_000
-MAX_REACHABLE = 10_000  # DealRequest.java / KEEPA_API.md: at most 10,000 deals by paging
+MAX_REACHABLE = 10_000  # DealRequest.java / docs/KEEPA.md: at most 10,000 deals by paging
 INT_MAX = 2**31 - 1
 
 
