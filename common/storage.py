@@ -14,6 +14,14 @@ short ``BEGIN IMMEDIATE`` transaction: a deferred transaction that reads and the
 "database is locked" at once when another process writes, busy timeout or not. Writes are
 idempotent upserts keyed by ``(domain, asin)``, so a batch done twice leaves the same rows.
 
+Why the statements are SQL written here and not sqlite-utils calls (``table.upsert``,
+``table.create``, ``rows_where``): every statement of this class is also the PostgreSQL
+backend's (``common.storage_pg`` subclasses ``Storage`` and runs the same statements through
+its own connection; the migrations are mapped by ``pg_ddl``), and sqlite-utils speaks only
+SQLite. The claims also need ``BEGIN IMMEDIATE`` (see above), which sqlite-utils does not
+open. sqlite-utils is used for what is SQLite's alone: the ``Database`` on our connection and
+its savepoints (``atomic``) inside an open transaction.
+
 Tables (plain SQLite types, JSON as TEXT, times as epoch seconds: the file opens in
 sqlite-utils or Datasette without any project code):
 
