@@ -250,7 +250,7 @@ def deal_row(
     with_history: bool,
     query: str = "",
 ) -> dict[str, Any]:
-    """The ``deals`` row of a product that qualified (see ``common.storage.DEAL_FIELDS``);
+    """The ``deals`` row of a product that qualified (see ``common.storage_deals.DEAL_FIELDS``);
     ``query`` names the deal query that found it."""
     raw = {k: v for k, v in product.items() if k != "csv"}
     row: dict[str, Any] = {
