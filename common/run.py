@@ -24,6 +24,7 @@ from typing import Any
 
 from common.config import Settings, load_settings
 from common.errors import ConfigError
+from common.status import StatusSnapshot
 
 DEFAULT_WORKERS = 4
 DEFAULT_METRICS_PORT = 9464
@@ -195,22 +196,22 @@ def progress_loop(settings: Settings, every: float) -> int:
 
 
 def progress_line(state: dict[str, Any] | None, elapsed_s: float) -> str:
-    """One line: tokens, rate, workers, deals, 429s."""
+    """One line: tokens, rate, workers, deals, 429s (read through ``StatusSnapshot``)."""
     stamp = time.strftime("%H:%M:%S")
     if state is None:
         return f"{stamp} [{elapsed_s:5.0f}s] broker not answering yet (starting, or down)"
-    tokens = state.get("tokens", {})
-    permits = state.get("permits", {})
-    workers = state.get("workers", [])
-    pipeline = state.get("pipeline") or {}
-    keepa = state.get("keepa", {})
-    alive = sum(1 for w in workers if w.get("state") in ("alive", "waiting"))
-    mode = " RECHARGE" if tokens.get("recharge_mode") else ""
+    try:
+        s = StatusSnapshot.from_dict(state)
+    except (KeyError, TypeError) as exc:
+        return f"{stamp} [{elapsed_s:5.0f}s] unreadable broker status ({exc!r})"
+    t, p = s.tokens, s.permits
+    alive = sum(1 for w in s.workers if w.get("state") in ("alive", "waiting"))
+    mode = " RECHARGE" if t.recharge_mode else ""
     return (
-        f"{stamp} [{elapsed_s:5.0f}s] tokens {tokens.get('now', '?')}/{tokens.get('cap', '?')} "
-        f"avail {tokens.get('available', '?')} rate {tokens.get('refill_rate', '?')}/step"
-        f"{mode} | workers {alive}/{len(workers)} | permits {permits.get('granted', 0)} "
-        f"granted, {permits.get('queued', 0)} queued | deals {pipeline.get('deals_live', 0)} "
-        f"live, {pipeline.get('candidates_waiting', 0)} candidates | 429s "
-        f"{keepa.get('status_429', 0)} | kills {len(state.get('kills', []))}"
+        f"{stamp} [{elapsed_s:5.0f}s] tokens {t.now}/{t.cap} "
+        f"avail {t.available} rate {t.refill_rate}/step"
+        f"{mode} | workers {alive}/{len(s.workers)} | permits {p.granted} "
+        f"granted, {p.queued} queued | deals {s.pipeline.get('deals_live', 0)} "
+        f"live, {s.pipeline.get('candidates_waiting', 0)} candidates | 429s "
+        f"{s.keepa.status_429} | kills {len(s.kills)}"
     )

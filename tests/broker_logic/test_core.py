@@ -129,3 +129,19 @@ def test_status_is_the_snapshot_as_a_dict() -> None:
     assert state["permits"]["granted"] == snap.permits.granted
     assert [w["id"] for w in state["workers"]] == ["w1"]
     assert "summary: tokens" in h.core.summary_line(h.now)
+
+
+def test_the_wire_status_reads_back_into_the_same_snapshot() -> None:
+    from common.run import progress_line
+    from common.status import StatusSnapshot
+
+    h = registered()
+    h.send(b"w1", protocol.Request(seq=1, cost=10))
+    state = h.core.status(h.now)
+    back = StatusSnapshot.from_dict(state)
+    assert back.as_dict() == state
+    assert back.tokens.in_flight == 10 and back.permits.granted == 1
+    line = progress_line(state, 3.0)
+    assert "permits 1 granted, 0 queued" in line and "workers 1/1" in line
+    del state["permits"]["granted"]
+    assert "unreadable broker status" in progress_line(state, 3.0)
