@@ -395,6 +395,8 @@ def _accepted_types(hint: Any) -> tuple[type, ...]:
 
 
 def _matches(value: Any, accepted: tuple[type, ...]) -> bool:
+    if type(value) in accepted:  # the common case, exactly (bool only where bool is)
+        return True
     if isinstance(value, bool):
         return bool in accepted
     if isinstance(value, int) and float in accepted:
