@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import requests
-from broker_net.net_support import FakeKeepa, Peer, broker_settings
+from broker_net.net_support import FakeKeepa, broker_settings
+from doubles import Peer
 from prometheus_client.parser import text_string_to_metric_families
 from support import free_port, wait_until
 

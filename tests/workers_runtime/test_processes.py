@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from doubles import FakeBroker
 from support import Processes, fleet_command, free_port, wait_until
-from workers_runtime.wr_support import FakeBroker
 
 from common import protocol
 from workers.runtime import EXIT_KILLED, EXIT_OK, EXIT_STORAGE
