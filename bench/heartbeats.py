@@ -63,6 +63,7 @@ def run(profile: str, log_dir: Path) -> str:
             refill_rate=SIM_REFILL_RATE,
             refill_period_s=SIM_REFILL_PERIOD_S,
             key_prefix="benchhb",
+            extra={"FLEET_BROKER_MAX_WORKERS": str(p.large + PER_HOLDER)},
         )
         for r in range(p.repeats):
             h.progress(f"{NAME}: idle broker, window {r + 1}/{p.repeats} ({p.idle_window_s:.0f} s)")
