@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from broker_net.net_support import FakeKeepa, Peer, broker_settings
+from broker_net.net_support import FakeKeepa, broker_settings
 from broker_net.test_metrics import scrape
+from doubles import Peer
 from support import free_port, wait_until
 
 from broker.server import Broker
-from broker.status_cli import fetch_status
 from common import protocol
 from common.errors import KeepaPaymentRequired
+from common.status_client import fetch_status
 
 
 def test_402_closes_the_book_names_the_state_and_reopens_by_itself(
