@@ -239,6 +239,15 @@ class Fleet:
         rows = self.query(UNACCOUNTED_SQL)
         return int(rows[0][0]) if rows else 0
 
+    def table_counts(self) -> tuple[int, int, int, int]:
+        """Rows in (seen, deals, rejections, candidates): with nothing unaccounted, seen
+        equals the sum of the other three exactly when no ASIN is in two of them."""
+        row = self.query(
+            "select (select count(*) from seen), (select count(*) from deals), "
+            "(select count(*) from rejections), (select count(*) from candidates)"
+        )[0]
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
     def done(self) -> int:
         """Pipeline items finished so far: deals plus rejections."""
         return self.count("deals") + self.count("rejections")
