@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from support import fleet_command, free_port
+from support import fleet_command, refused_port
 
 from sim.server import SimServer
 
@@ -61,6 +61,7 @@ def test_unpaid_key_is_refused_with_exit_1(server: SimServer) -> None:
 
 
 def test_nothing_listening_is_exit_2() -> None:
-    out = run_check(f"http://127.0.0.1:{free_port()}", KEY, "--json")
+    with refused_port() as port:
+        out = run_check(f"http://127.0.0.1:{port}", KEY, "--json")
     assert out.returncode == 2, out.stdout + out.stderr
     assert json.loads(out.stdout)["ok"] is False
