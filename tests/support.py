@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import zmq
+
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
@@ -81,6 +83,14 @@ def retry_bind_race(start: Callable[[], T], *, attempts: int = 5) -> T:
 
 class BindRace(AssertionError):
     """The port a test chose was taken by someone else before its server bound it."""
+
+
+def bind_any_port(sock: Any, host: str = "127.0.0.1") -> str:
+    """Bind a ZeroMQ socket to any free port of ``host`` (``tcp://HOST:*``) and return the
+    address it got."""
+    sock.bind(f"tcp://{host}:*")
+    endpoint = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
 
 
 def unused_port() -> int:

@@ -13,12 +13,13 @@ Make the link obey every KILL and the first two tests fail."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
-from support import Processes, fleet_command, free_port, wait_until
+from support import Processes, bind_any_port, fleet_command, refused_port, wait_until
 
 from broker.server import running_broker
 from common import protocol
@@ -34,11 +35,10 @@ class Impostor:
     """A ROUTER on the broker's address that the test drives."""
 
     def __init__(self) -> None:
-        self.address = f"tcp://127.0.0.1:{free_port()}"
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.linger = 0
-        self.sock.bind(self.address)
+        self.address = bind_any_port(self.sock)
 
     def recv(self, cls: type[protocol.Message], timeout: float = RECV_S) -> bytes:
         """The identity of the next peer that sends a ``cls`` (other messages skipped)."""
@@ -89,14 +89,20 @@ def test_link_ignores_a_kill_before_welcome(impostor: Impostor) -> None:
         link.close(None, timeout_s=5)
 
 
+@pytest.fixture
+def keepa_down() -> Iterator[int]:
+    with refused_port() as port:
+        yield port
+
+
 def test_worker_process_survives_a_kill_from_what_never_welcomed_it(
-    impostor: Impostor, processes: Processes, tmp_path: Path
+    impostor: Impostor, processes: Processes, tmp_path: Path, keepa_down: int
 ) -> None:
     env = {
         "FLEET_BROKER_HEARTBEAT_S": "0.2",
         "FLEET_BROKER_LIVENESS": "50",
         "FLEET_WORKER_RECONNECT_MAX_S": "0.5",
-        "KEEPA_BASE_URL": "http://127.0.0.1:9",
+        "KEEPA_BASE_URL": f"http://127.0.0.1:{keepa_down}",  # refused
         "FLEET_CONFIG": "",
     }
     argv = fleet_command(
