@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench bench-full lint fmt typecheck clean
+.PHONY: run test bench bench-full lint fmt typecheck clean mutate
 
 $(STAMP): pyproject.toml
 	@echo "keepa-fleet: installing into $(VENV) (first run, or pyproject.toml changed)"
@@ -31,6 +31,10 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
 	$(BIN)/python -m bench --profile full
+
+## mutate: mutation testing of the money modules against the fast unit tests (docs/MUTATION.md)
+mutate: $(STAMP)
+	$(BIN)/python tests/mutate.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
