@@ -231,3 +231,21 @@ def test_from_envelope_carries_the_send_time_of_a_sync() -> None:
     )
     o = Observation.from_envelope(env, at=1.5, source="sync", sent_at=1.25)
     assert (o.sent_at, o.source, o.at) == (1.25, "sync", 1.5)
+
+
+# --- planning against a stale recharge flag -----------------------------------------------------
+
+
+def test_recharge_that_time_has_ended_does_not_hold_back_a_plan_with_extra_spend() -> None:
+    led = ledger(obs(0, 25, refill_in_s=30), soft_floor=20, resume_at=55)
+    led.grant("a", 10, 1)  # 15 available: recharge
+    assert led.recharge_mode
+    # At 90 two refills make 55 = the resume level; nothing has refreshed the flag yet.
+    assert led.earliest_grant_at(1, 90, extra_spend=5) == 90
+
+
+def test_one_token_of_extra_spend_into_the_soft_floor_is_recharge() -> None:
+    led = ledger(obs(0, 20, refill_in_s=30), soft_floor=20, resume_at=60)
+    assert led.earliest_grant_at(1, 1) == 1
+    # 20 - 1 = 19 < 20: recharge, waiting for 60: three refills (30, 90, 150).
+    assert led.earliest_grant_at(1, 1, extra_spend=1) == 150

@@ -376,3 +376,77 @@ def test_answers_are_kept_for_the_last_seqs_of_a_worker() -> None:
     assert b.stats(1)["rejected"] == counted
     b.submit("w", 1, 0, 0, 60, 1)  # forgotten (the oldest): a new reject
     assert b.stats(1)["rejected"] == counted + 1
+
+
+# --- order, outbox, slack with a deficit ---------------------------------------------------
+
+
+def test_requests_of_one_priority_are_granted_in_arrival_order_past_ten() -> None:
+    b = book(left=0, max_queued_per_worker=20)
+    for seq in range(1, 13):
+        assert b.submit("w", seq, 1, 0, 6000, 1) is None
+    assert b.ledger.observe(obs(2, 100, refill_in_s=28), 2)
+    granted = [d.seq for d in b.schedule(2) if d.kind == "grant"]
+    assert granted == list(range(1, 13))
+
+
+def test_decisions_made_for_others_during_a_submit_go_out_at_the_next_schedule() -> None:
+    b = book(left=0)
+    b.submit("a", 1, 5, 0, 10, 1)  # its deadline passes at 11
+    assert b.submit("b", 1, 5, 0, 600, 12) is None
+    out = b.schedule(12)
+    assert [(d.worker, d.kind, d.reason) for d in out] == [("a", "reject", "deadline")]
+    assert b.next_wakeup(12) is not None
+
+
+def test_every_deadline_reject_is_counted() -> None:
+    b = book(left=0)
+    b.submit("w", 1, 5, 0, 10, 1)
+    b.submit("w", 2, 5, 0, 10, 1)
+    assert len(b.schedule(11)) == 2
+    s = b.stats(11)
+    assert s["rejected"] == 2 and s["rejected_by_reason"] == {"deadline": 2}
+
+
+def test_a_small_request_behind_a_big_one_that_does_not_fit_is_still_considered() -> None:
+    b = book(left=21)
+    assert b.submit("big", 1, 40, 0, 600, 1) is None  # granted at 30: 1 token of slack
+    assert b.submit("mid", 1, 5, 0, 600, 1) is None  # does not fit in the slack
+    d = b.submit("small", 1, 1, 0, 600, 1)  # fits behind both
+    assert d is not None and d.kind == "grant"
+
+
+def test_the_slack_counts_the_allowed_deficit() -> None:
+    led = Ledger(soft_floor=-100, resume_at=0, max_deficit=20)
+    assert led.observe(obs(0, 5, refill_in_s=30), 0)
+    b = PermitBook(led, lease_ttl_s=150.0, id_prefix="t")
+    assert b.submit("big", 1, 100, 0, 6000, 1) is None  # needs 80: four refills
+    d = b.submit("small", 1, 5, 0, 6000, 1)  # 5 more now still grants it at the 4th
+    assert d is not None and d.kind == "grant"
+
+
+def test_every_cancel_and_unknown_outcome_is_counted() -> None:
+    b = book(left=0)
+    b.submit("w", 1, 5, 0, 60, 1)
+    b.submit("w", 2, 5, 0, 60, 1)
+    b.cancel("w", 1, 2)
+    b.cancel("w", 2, 2)
+    assert b.stats(2)["cancelled"] == 2
+    b2 = book()
+    for seq in (1, 2, 3):
+        b2.submit("w", seq, 5, 0, 60, 1)
+    b2.settle("t-1", obs(1.5, 495, refill_in_s=28.5, source="settle", consumed=5), "ok", 2)
+    assert b2.stats(2)["unknown_outcomes"] == 0
+    b2.settle("t-2", None, "timeout", 2)
+    b2.settle("t-3", None, "error", 2)
+    assert b2.stats(2)["unknown_outcomes"] == 2
+
+
+def test_dropping_a_worker_the_book_never_heard_of_is_harmless() -> None:
+    assert book().drop_worker("nobody", 1) == []
+
+
+def test_a_wait_under_a_second_is_shown_as_it_is() -> None:
+    b = book(left=0)
+    b.submit("w", 1, 5, 0, 60, 10)
+    assert b.stats(10.5)["oldest_wait_s"] == 0.5

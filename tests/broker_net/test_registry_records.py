@@ -5,6 +5,8 @@ against the mutants that survived the first ``make mutate`` (docs/MUTATION.md)."
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from broker import states
@@ -70,13 +72,13 @@ def test_hello_fields_are_accepted_up_to_each_bound() -> None:
 
 def test_hello_fields_are_refused_past_each_bound_with_what_is_wrong() -> None:
     assert "worker_id must be 1..128" in refused(hello(worker_id="w" * (MAX_ID_CHARS + 1)))
-    assert "unprintable" in refused(hello(worker_id="w\n"))
+    assert refused(hello(worker_id="w\n")) == "bad_hello: worker_id has unprintable characters"
     assert "pid 0 out of range" in refused(hello(pid=0))
     assert f"pid {MAX_PID + 1} out of range" in refused(hello(pid=MAX_PID + 1))
     assert "start_time out of range" in refused(hello(start=-1))
     assert "start_time out of range" in refused(hello(start=2**63))
     assert "bad host" in refused(hello(host="h" * (MAX_HOST_CHARS + 1)))
-    assert "bad host" in refused(hello(host="a\x00b"))
+    assert refused(hello(host="a\x00b")) == "bad_hello: bad host"
     assert "at most 64" in refused(hello(role="r" * (MAX_LABEL_CHARS + 1)))
     assert "at most 64" in refused(hello(version="v" * (MAX_LABEL_CHARS + 1)))
     both = refused(hello(pid=0, start=-1))
@@ -300,7 +302,7 @@ def test_next_deadline_follows_heartbeats_silence_and_stall() -> None:
     assert reg.deadline_stale  # the stall timer stopped
     reg.next_deadline()
     reg.heartbeat(rec, hb(progress=0, waiting=True), 5.6)
-    assert not reg.deadline_stale  # nothing that could make a timer earlier
+    assert reg.deadline_stale is False  # nothing that could make a timer earlier
 
 
 def test_the_stall_timer_counts_only_for_an_alive_worker_not_waiting() -> None:
@@ -359,3 +361,36 @@ def test_bounded_cuts_depth_keys_items_and_characters() -> None:
     assert bounded(("a", ("b",))) == ["a", ["b"]]
     assert bounded({"a": 1}, depth=0) == "..."
     assert bounded({"a": {"b": 1}}, depth=1) == {"a": "..."}
+
+
+def test_check_goes_past_workers_it_does_not_time() -> None:
+    reg = make()
+    first, _ = reg.hello(b"a", hello(worker_id="a"), 0.0)
+    reg.mark_killing(first, 0.5)  # the registry times it no more
+    second, _ = reg.hello(b"b", hello(worker_id="b"), 0.0)
+    assert reg.check(3.0, lambda key: False) == [(second, states.KILL_SILENT)]
+
+
+def test_an_info_of_exactly_the_byte_bound_is_kept() -> None:
+    reg = make()
+    rec, _ = reg.hello(b"i1", hello(), 0.0)
+    info: dict[str, str] = {}
+    while len(json.dumps(info)) + 300 < MAX_INFO_BYTES:
+        info[f"k{len(info):02d}"] = "v" * 250
+    size = len(json.dumps(info))
+    info["last"] = "v" * (MAX_INFO_BYTES - size - len(', "last": ""'))
+    assert len(json.dumps(bounded(info), default=str)) == MAX_INFO_BYTES
+    reg.heartbeat(rec, hb(progress=1, **info), 1.0)
+    assert rec.info == bounded(info)
+
+
+def test_progress_after_a_stall_makes_the_timers_stale() -> None:
+    reg = make()
+    rec, _ = reg.hello(b"i1", hello(), 0.0)
+    for t in range(1, 11):
+        reg.heartbeat(rec, hb(progress=0), float(t))
+    reg.check(10.0, lambda key: False)
+    reg.next_deadline()
+    assert reg.deadline_stale is False
+    reg.heartbeat(rec, hb(progress=1), 11.0)
+    assert reg.deadline_stale is True

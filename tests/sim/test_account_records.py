@@ -51,6 +51,7 @@ def test_a_fresh_account_reports_zeros() -> None:
 
 def test_an_unpaid_account_has_no_tokens_and_no_refills() -> None:
     acct = Account(1, refill_rate=5, refill_period_s=2.0, tokens=40, now=0.0, paid=False)
+    assert acct.state(0.5)["tokens_left"] == 0  # before any refill step, too
     s = acct.state(100.0)
     assert (s["paid"], s["tokens_left"], s["refill_rate"], s["cap"]) == (False, 0, 0, 0)
     assert not acct.try_charge(100.0, 1).accepted
@@ -137,3 +138,18 @@ def test_the_envelope_of_a_response() -> None:
         "processingTimeInMs": 12,
         "tokenFlowReduction": 0.0,
     }
+
+
+def test_a_balance_set_above_the_cap_stays_until_the_next_step() -> None:
+    acct = Account(1, refill_rate=5, refill_period_s=2.0, tokens=0, now=0.0)
+    acct.set_tokens(0.5, 1000)  # above the cap of 300, by hand
+    assert acct.state(1.0)["tokens_left"] == 1000
+    assert acct.state(2.0)["tokens_left"] == 300  # a refill step caps it
+
+
+def test_refill_to_first_request_keeps_the_last_ten_thousand_steps() -> None:
+    acct = Account(1, refill_rate=5, refill_period_s=1.0, tokens=None, now=0.0)
+    for step in range(1, 10_003):
+        assert acct.try_charge(step + 0.001, 1).accepted
+    kept = acct.refill_to_first_request_ms
+    assert len(kept) == 10_000

@@ -120,10 +120,10 @@ def test_offer_count_falls_back_to_the_total_then_the_live_offers() -> None:
 
 
 def test_the_initial_figure_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="initial_per_product must be > 0"):
+    with pytest.raises(ValueError, match=r"^initial_per_product must be > 0$"):
         ProductCostModel(0)
     assert ProductCostModel(0.5).per_product == 0.5
-    assert ProductCostModel(1.0).permit_per_product == 1.0  # no bound by default
+    assert ProductCostModel(0.5).permit_per_product == 0.5  # no bound by default
 
 
 def test_only_a_positive_number_is_taken_from_the_fleet() -> None:
