@@ -153,10 +153,11 @@ def load_equivalents() -> dict[tuple[str, str, str], str]:
     for n, raw in enumerate(EQUIVALENTS.read_text().splitlines(), 1):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
+        # The mutated line may hold " | " itself: module and function first, reason last.
         parts = [p.strip() for p in raw.split(" | ")]
-        if len(parts) != 4 or not parts[3]:
+        if len(parts) < 4 or not parts[-1]:
             raise SystemExit(f"{EQUIVALENTS}:{n}: want 'module | function | line | reason'")
-        out[(parts[0], parts[1], parts[2])] = parts[3]
+        out[(parts[0], parts[1], " | ".join(parts[2:-1]))] = parts[-1]
     return out
 
 
