@@ -249,3 +249,39 @@ def test_one_token_of_extra_spend_into_the_soft_floor_is_recharge() -> None:
     assert led.earliest_grant_at(1, 1) == 1
     # 20 - 1 = 19 < 20: recharge, waiting for 60: three refills (30, 90, 150).
     assert led.earliest_grant_at(1, 1, extra_spend=1) == 150
+
+
+# --- the last survivors of _observe --------------------------------------------------------------
+
+
+def test_a_first_observation_may_be_a_settle_envelope() -> None:
+    led = Ledger()
+    assert led.observe(Observation(5000, 100, 1000, 20, at=5.0, source="settle"), 5.0)
+    assert led.observation is not None and led.observation.tokens_left == 100
+
+
+def test_after_keepas_clock_went_back_envelopes_are_judged_by_the_new_clock() -> None:
+    led = ledger(raw(100_000, 100, 1000))
+    back = MAX_CLOCK_SKEW_MS + 10_000
+    assert led.observe(Observation(100_000 - back, 80, 1000, 20, at=101.0, sent_at=100.5), 101.0)
+    # Ahead of the new clock by more than the skew (but not of the old one): ignored.
+    stamp = 100_000 - back + 1000 + MAX_CLOCK_SKEW_MS + 5000
+    assert not led.observe(Observation(stamp, 70, 1000, 20, at=101.0, source="settle"), 101.0)
+
+
+def test_each_ignored_observation_is_counted() -> None:
+    led = ledger(raw(100_000, 100, 1000))
+    for i in range(2):
+        assert not led.observe(raw(50_000 + i, 100, 1000), 101)  # older
+        assert not led.observe(raw(100_001 + i, 100, -1), 101)  # malformed
+        ahead = Observation(300_000 + i, 100, 1000, 20, at=101.0, source="settle")
+        assert not led.observe(ahead, 101)  # ahead of Keepa's clock
+    assert led.snapshot(101)["observations_ignored"] == 6
+
+
+def test_an_observation_that_ends_recharge_refreshes_at_its_instant() -> None:
+    led = ledger(obs(0, 100, refill_in_s=30), soft_floor=20, resume_at=60)
+    led.grant("a", 90, 1)
+    assert led.recharge_mode
+    assert led.observe(obs(2, 500, refill_in_s=28), 2)
+    assert led.recharge_mode is False

@@ -450,3 +450,13 @@ def test_a_wait_under_a_second_is_shown_as_it_is() -> None:
     b = book(left=0)
     b.submit("w", 1, 5, 0, 60, 10)
     assert b.stats(10.5)["oldest_wait_s"] == 0.5
+
+
+def test_an_unsent_call_during_recharge_releases_its_tokens_at_its_instant() -> None:
+    led = Ledger(soft_floor=20, resume_at=60)
+    assert led.observe(obs(0, 100, refill_in_s=30), 0)
+    b = PermitBook(led, lease_ttl_s=150.0, id_prefix="t")
+    b.submit("w", 1, 90, 0, 60, 1)  # 10 left: recharge
+    assert led.recharge_mode
+    b.settle("t-1", None, "not_sent", 2)
+    assert led.recharge_mode is False and led.available(2) == 100
