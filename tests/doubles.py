@@ -22,7 +22,7 @@ import time
 from typing import Any, TypeVar
 
 import zmq
-from support import free_port, wait_until
+from support import wait_until
 
 from broker.core import BrokerCore
 from broker.core import Peer as From
@@ -206,12 +206,20 @@ class FakeBroker:
     """A ROUTER on 127.0.0.1 that records what arrives; the test sends the replies."""
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
+        """On any free port (bound as port 0, the port read back), or on ``port`` again (a
+        broker restarted where its workers look: retried while the old socket lets go)."""
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        wait_until(self._bind, 10, interval=0.05, message=f"binding {self.address}")
+        if port is None:
+            self.sock.bind("tcp://127.0.0.1:*")
+            endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT)
+            self.address = endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
+            self.port = int(self.address.rsplit(":", 1)[1])
+        else:
+            self.port = port
+            self.address = f"tcp://127.0.0.1:{self.port}"
+            wait_until(self._bind, 10, interval=0.05, message=f"binding {self.address}")
         self.seen: list[tuple[bytes, protocol.Message]] = []
 
     def _bind(self) -> bool:

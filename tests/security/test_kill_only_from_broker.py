@@ -13,13 +13,14 @@ Make the link obey every KILL and the first two tests fail."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
 from doubles import FakeBroker
-from support import Processes, fleet_command, wait_until
+from support import Processes, fleet_command, refused_port, wait_until
 
 from broker.server import running_broker
 from common import protocol
@@ -63,14 +64,20 @@ def test_link_ignores_a_kill_before_welcome(impostor: Impostor) -> None:
         link.close(None, timeout_s=5)
 
 
+@pytest.fixture
+def keepa_down() -> Iterator[int]:
+    with refused_port() as port:
+        yield port
+
+
 def test_worker_process_survives_a_kill_from_what_never_welcomed_it(
-    impostor: Impostor, processes: Processes, tmp_path: Path
+    impostor: Impostor, processes: Processes, tmp_path: Path, keepa_down: int
 ) -> None:
     env = {
         "FLEET_BROKER_HEARTBEAT_S": "0.2",
         "FLEET_BROKER_LIVENESS": "50",
         "FLEET_WORKER_RECONNECT_MAX_S": "0.5",
-        "KEEPA_BASE_URL": "http://127.0.0.1:9",
+        "KEEPA_BASE_URL": f"http://127.0.0.1:{keepa_down}",  # refused
         "FLEET_CONFIG": "",
     }
     argv = fleet_command(
