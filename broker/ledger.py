@@ -211,7 +211,17 @@ class Ledger:
         if self.recharge_mode:
             return False
         available = self.available(now)
-        return available > 0 and available - cost >= -self.max_deficit
+        return available > 0 and available - cost >= -self.deficit_now()
+
+    def deficit_now(self, extra_spend: int = 0) -> int:
+        """How far below zero a grant may take ``available`` now: ``max_deficit`` only while
+        nothing else is in flight or assumed spent (and no ``extra_spend`` is planned). Two
+        calls in flight that together overdraw could arrive in either order, and the second
+        would meet a balance <= 0 — a 429 caused by the fleet; a single one always arrives at
+        the positive balance it was granted against."""
+        if extra_spend or self._in_flight_total or self._assumed_total:
+            return 0
+        return self.max_deficit
 
     def grant(self, permit: str, cost: int, now: float) -> None:
         """Put a permit in flight. Entering recharge mode does not hold this grant back."""
@@ -245,15 +255,19 @@ class Ledger:
         in_recharge = (self.recharge_mode and available < resume) or (
             extra_spend > 0 and v < self.soft_floor
         )
+        # Now, the deficit only for a call alone in flight (``deficit_now``); at a refill
+        # instant, what is in flight now has settled (it was treated as spent) and may not
+        # stand in the way.
+        need_now = max(1, cost - self.deficit_now(extra_spend))
         need = max(1, cost - self.max_deficit)
         if in_recharge:
-            need = max(need, resume)
-        if v >= need:
+            need_now, need = max(need_now, resume), max(need, resume)
+        if v >= need_now:
             return now
         rate = self.refill_rate
         if rate <= 0 or need > self.cap:
             return None
-        steps = -(-(need - v) // rate)  # ceil
+        steps = max(1, -(-(need - v) // rate))  # ceil; at least the next step
         return self._step_at(self._steps_by(now) + steps - 1)
 
     # --- observations ---------------------------------------------------------------------

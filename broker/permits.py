@@ -246,7 +246,7 @@ class PermitBook:
         grant (``earliest_grant_at`` is monotone in ``extra_spend``: a binary search)."""
         ledger = self.ledger
         head_at = ledger.earliest_grant_at(head_cost, now)
-        hi = max(0, ledger.available(now) + ledger.max_deficit)
+        hi = max(0, ledger.available(now) + ledger.deficit_now())
         if head_at is None:
             return hi  # no refill alone grants the head: nothing now can delay it
         lo = 0  # extra_spend 0 is the plan itself

@@ -236,6 +236,7 @@ def test_bye_kill_and_gone_stamp_state_reason_and_time() -> None:
     reg.bye(b, 2.0, "")
     assert (a.state, a.state_since, a.gone_reason) == (states.GONE, 1.0, "bye: sigterm")
     assert b.gone_reason == "bye"
+    c.set_state(states.SILENT, 2.5)  # a kill follows silence or a stall (the lifecycle)
     reg.mark_killing(c, 3.0)
     assert (c.state, c.state_since) == (states.KILLING, 3.0)
     reg.mark_gone(c, 4.0, "killed")
@@ -322,6 +323,7 @@ def test_the_stall_timer_counts_only_for_an_alive_worker_not_waiting() -> None:
     creg = make(heartbeat_s=100.0)
     crec, _ = creg.hello(b"c", hello(role=protocol.ROLE_CLIENT), 0.0)
     assert creg.next_deadline() == 100.0
+    crec.set_state(states.SILENT, 0.5)  # a kill follows silence or a stall (the lifecycle)
     creg.mark_killing(crec, 1.0)
     creg.scan_due(1.0)
     assert creg.next_deadline() is None  # killing: no timer of the registry's
@@ -366,6 +368,7 @@ def test_bounded_cuts_depth_keys_items_and_characters() -> None:
 def test_check_goes_past_workers_it_does_not_time() -> None:
     reg = make()
     first, _ = reg.hello(b"a", hello(worker_id="a"), 0.0)
+    first.set_state(states.STALLED, 0.4)  # a kill follows silence or a stall (the lifecycle)
     reg.mark_killing(first, 0.5)  # the registry times it no more
     second, _ = reg.hello(b"b", hello(worker_id="b"), 0.0)
     assert reg.check(3.0, lambda key: False) == [(second, states.KILL_SILENT)]

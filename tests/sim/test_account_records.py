@@ -25,6 +25,7 @@ def test_the_state_of_an_account_in_full() -> None:
         "tokens_left": 40 - 30 - 4 + 5,  # one refill step, at 102
         "tokens_consumed": 34,
         "external_consumed": 4,
+        "tokens_lost_to_cap": 0,
         "requests": 4,
         "status_429": 2,
         "statuses": {"200": 1, "429": 2},

@@ -108,12 +108,13 @@ def test_facts_of_a_used_hunt_read_used_prices_and_used_offers() -> None:
     assert (new.current, new.avg90, new.offers, new.price_type) == (100, 200, 5, 1)
 
 
-def test_offer_count_falls_back_to_the_total_then_the_live_offers() -> None:
+def test_offer_count_falls_back_to_the_live_offers_never_the_total() -> None:
+    # totalOfferCount counts every condition: no count of new offers (issue 11).
     total = facts(stats_product(row(i1=1), stats={"totalOfferCount": 3}))
-    assert total.offers == 3
+    assert total.offers is None
     live = facts(stats_product(row(i1=1), liveOffersOrder=[0, 1]))
     assert live.offers == 2
-    assert facts(stats_product(row(i1=1), stats={"totalOfferCount": 0})).offers == 0
+    assert facts(stats_product(row(i1=1), stats={"totalOfferCount": 0})).offers is None
 
 
 # --- the cost model -------------------------------------------------------------------------
