@@ -24,6 +24,7 @@ from support import (
     fleet_command,
     logged,
     retry_bind_race,
+    unused_port,
     wait_until,
 )
 
@@ -102,11 +103,20 @@ class Fleet:
 
     # --- processes ----------------------------------------------------------------------
 
+    def reserve_sim_port(self) -> None:
+        """Keepa's address before the simulator runs (a broker started while Keepa is down):
+        the simulator binds it when started. Losing the port in between is a race nobody
+        else on this loopback provokes; the start then fails loudly (it is not retried: the
+        broker already knows the address)."""
+        self.sim_port = unused_port()
+        self.sim_url = f"http://127.0.0.1:{self.sim_port}"
+        self.env["KEEPA_BASE_URL"] = self.sim_url
+
     def start_sim(self) -> None:
         argv = fleet_command(
             "sim",
             "--port",
-            "0",
+            str(self.sim_port),
             "--refill-rate",
             str(self.refill_rate),
             "--refill-period",
@@ -127,7 +137,9 @@ class Fleet:
             argv += ["--offer-fail-rate", str(self.offer_fail_rate)]
         # The simulator says where it listens at INFO (a level above hides it: logged() fails).
         proc = self.processes.start("sim", argv, env=self.env)
-        self.sim_url = logged(self.processes, "sim", proc, SIM_URL_LOGGED)
+        url = logged(self.processes, "sim", proc, SIM_URL_LOGGED)
+        assert not self.sim_port or url == self.sim_url, (url, self.sim_url)
+        self.sim_url = url
         self.sim_port = int(self.sim_url.rsplit(":", 1)[1])
         self.env["KEEPA_BASE_URL"] = self.sim_url
         wait_until(
