@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test browser bench bench-full lint fmt typecheck clean pg-server
+.PHONY: run test browser bench bench-full lint fmt typecheck clean pg-server mutate
 
 $(STAMP): pyproject.toml
 	@echo "keepa-fleet: installing into $(VENV) (first run, or pyproject.toml changed)"
@@ -46,6 +46,9 @@ bench-full: $(STAMP)
 pg-server:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		(apt-get update && apt-get install -y --no-install-recommends postgresql)
+## mutate: mutation testing of the money modules against the fast unit tests (docs/MUTATION.md)
+mutate: $(STAMP)
+	$(BIN)/python tests/mutate.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -16,13 +16,16 @@ from types import FrameType
 
 import zmq
 
+from common import defaults
 from common.config import load_settings
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_CANNOT_BIND = 1
-DRAIN_TIMEOUT_S = 5.0  # the default of --drain-timeout
+DRAIN_TIMEOUT_S = (
+    defaults.DRAIN_TIMEOUT_S
+)  # the default of --drain-timeout (broker.drain_timeout_s)
 
 DESCRIPTION = """\
 Run the broker: the only holder of the Keepa token state. Workers connect to it (DEALER),
@@ -53,10 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drain-timeout",
         type=float,
-        default=DRAIN_TIMEOUT_S,
+        default=None,
         metavar="S",
-        help=f"on SIGTERM, seconds to wait for granted permits to settle (default "
-        f"{DRAIN_TIMEOUT_S:g})",
+        help=f"on SIGTERM, seconds to wait for granted permits to settle (default: "
+        f"broker.drain_timeout_s, {DRAIN_TIMEOUT_S:g})",
     )
 
 
@@ -66,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     flags = {"broker.address": args.bind, "broker.metrics_port": args.metrics_port}
     settings = load_settings(args.config, overrides=flags)  # (an unset flag is None)
-    broker = Broker(settings, drain_timeout_s=max(0.0, args.drain_timeout))
+    drain = None if args.drain_timeout is None else max(0.0, args.drain_timeout)
+    broker = Broker(settings, drain_timeout_s=drain)
     stop = threading.Event()
     signals_seen = []
 

@@ -1,11 +1,24 @@
-"""Killing silent and stalled workers, safely.
+"""The whole kill path of a silent or stalled worker, in one module.
 
-Same host (the worker's HELLO named this host): the pid is signalled only while its start
-time still matches the HELLO (``common.procinfo.same_process``) — a pid reused by another
-process is never signalled. SIGTERM then SIGCONT (a stopped process can only act on the
-SIGTERM once continued); after ``kill_grace_s``, SIGKILL if that same process is still there
-(the start time is checked again first). Another host: a ``KILL`` message to the worker's
-socket (the broker sends it through the ``send_kill`` callback).
+1. **Detect** (``detect_and_kill``, from the broker core's housekeeping): the registry
+   (``broker/registry.py``, ``Registry.check``) names the workers that are silent (nothing
+   heard for ``liveness x heartbeat_s``) or stalled (heartbeats, but progress frozen for
+   ``stall_s`` while not waiting on the broker). A ROLE_CLIENT peer is never signalled: it
+   is only forgotten (``forget_client``). A worker's queued requests are cancelled, its
+   record goes KILLING.
+2. **Signal** (``Killer.kill``): same host — the pid is signalled only while its start time
+   still matches the HELLO (``common.procinfo.same_process``), so a pid reused by another
+   process is never signalled; SIGTERM then SIGCONT (a stopped process can only act on the
+   SIGTERM once continued). Another host — a ``KILL`` message (``kill_message``: the frames
+   ``[identity, KILL(reason)]``) to the worker's socket. The worker's link
+   (``workers/link.py``, ``handle_kill``) obeys it only from the broker that welcomed
+   this connection: best-effort BYE, then ``on_kill``, where the runtime
+   (``workers/runtime.py``) exits the process.
+3. **Confirm** (``Killer.tick``): a same-host process that exited (or is a zombie) is done;
+   after ``kill_grace_s``, SIGKILL if that same process is still there (the start time is
+   checked again first); another host: the grace running out ends the wait.
+4. **Gone** (``finish_kills``): the registry marks the record GONE with the reason and the
+   outcome; it stays visible in status a while, then is purged.
 
 Every kill is recorded with its reason and what was done; the history is bounded.
 
@@ -28,9 +41,14 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from common import procinfo
+from broker import states
+from common import procinfo, protocol
+
+if TYPE_CHECKING:
+    from broker.permits import PermitBook
+    from broker.registry import Registry, WorkerRecord
 
 log = logging.getLogger(__name__)
 
@@ -228,3 +246,71 @@ class Killer:
             log.error("cannot signal pid %d: %s", pid, exc)
             return False
         return True
+
+
+# --- the path, as the broker core drives it -----------------------------------------------
+
+
+def kill_message(target: KillTarget, reason: str) -> list[bytes]:
+    """The frames that tell a worker on another host to die (its link obeys only these,
+    from the broker it is connected to)."""
+    return [target.identity, protocol.Kill(reason).encode()]
+
+
+def detect_and_kill(killer: Killer, registry: Registry, permits: PermitBook, now: float) -> None:
+    """Step 1 and 2: kill (or forget) every worker the registry finds silent or stalled."""
+
+    def queued(key: str) -> bool:
+        return permits.queued_for(key) > 0
+
+    for rec, reason in registry.check(now, queued):
+        kill(killer, registry, permits, rec, reason, now)
+
+
+def kill(
+    killer: Killer,
+    registry: Registry,
+    permits: PermitBook,
+    rec: WorkerRecord,
+    reason: str,
+    now: float,
+) -> None:
+    if rec.role == protocol.ROLE_CLIENT:
+        forget_client(registry, permits, rec, reason, now)
+        return
+    if reason == states.KILL_SILENT:
+        why = f"silent for {now - rec.last_seen:.1f} s"
+    else:
+        why = f"progress frozen at {rec.progress} for {now - rec.progress_at:.1f} s"
+    log.warning("worker %s (pid %d on %s) is %s: %s", rec.worker_id, rec.pid, rec.host, reason, why)
+    permits.drop_worker(rec.key, now)
+    registry.mark_killing(rec, now)
+    record = killer.kill(rec, reason, now)
+    if record.done_at is not None:
+        registry.mark_gone(rec, now, f"not killed ({record.action})")
+
+
+def forget_client(
+    registry: Registry, permits: PermitBook, rec: WorkerRecord, reason: str, now: float
+) -> None:
+    """A client program (ROLE_CLIENT) fell silent: never signalled (it is the user's
+    process), only forgotten. Its queued requests are cancelled; its granted permits
+    stay in flight until settled or their lease expires."""
+    log.warning(
+        "client %s (pid %d on %s) is %s for %.1f s: forgotten, not killed",
+        rec.worker_id,
+        rec.pid,
+        rec.host,
+        reason,
+        now - rec.last_seen,
+    )
+    permits.drop_worker(rec.key, now)
+    registry.mark_gone(rec, now, f"client {reason}")
+
+
+def finish_kills(killer: Killer, registry: Registry, now: float) -> None:
+    """Step 3 and 4: the kills whose process went away (or whose grace ran out) are GONE."""
+    for record in killer.tick(now):
+        rec = registry.by_key(record.key)
+        if rec is not None and rec.state == states.KILLING:
+            registry.mark_gone(rec, now, f"killed ({record.reason}, {record.outcome})")

@@ -2,89 +2,10 @@
 
 Pure arithmetic with ``now`` passed in (the broker's monotonic clock): no sockets, no sleeps.
 
-Rules (ARCHITECTURE.md, "The token ledger"; each one answers a production failure):
-
-Observations
-    Every Keepa response carries ``(timestamp, tokensLeft, refillIn, refillRate)``. The
-    ledger keeps the newest by Keepa ``timestamp``; an older one never overwrites it (a
-    worker's SETTLE may arrive after the broker's own newer ``/token`` sync). Two responses
-    in the same millisecond: the lower balance wins (it is the later one). Two guards keep a
-    bad clock from freezing the ledger: a *settle* observation more than
-    ``MAX_CLOCK_SKEW_MS`` ahead of Keepa's clock (estimated from the observations seen:
-    each one is received after it is sent) is ignored, and a *sync* observation sent after
-    the newest was received replaces it even with an older timestamp when that timestamp is
-    more than ``MAX_CLOCK_SKEW_MS`` behind (Keepa's clock went back).
-
-Projection
-    From the newest observation: ``refillRate`` is added at each refill step, the first at
-    ``obs.at + refillIn`` and then every ``refill_period_s``, and the balance is capped at
-    ``cap = 60 x refillRate`` (``balance = min(balance + rate, cap)`` at each step). Costs
-    assumed spent since that observation (expired leases, unknown outcomes) are subtracted
-    after the cap: the lowest balance consistent with them. ``obs.at`` is when the broker
-    *received* the response, later than Keepa sent it, so refills are projected late, never
-    early (the safe side).
-
-In flight
-    A granted, unsettled permit may or may not be in the newest observation: it is always
-    counted as not included. ``available = projected - in_flight``.
-
-Grants
-    Keepa executes any request while its balance is > 0 and lets it go negative, so a grant
-    needs ``available > 0`` and ``available - cost >= -max_deficit``: the fleet never causes
-    a 429. ``max_cost() = cap + max_deficit`` is the largest permit that can ever be granted.
-
-Soft floor and recharge
-    A grant that leaves ``available < soft_floor`` still goes out, but the ledger enters
-    recharge mode and grants nothing more until ``available >= min(resume_at, cap)`` (the
-    resume level is clamped to the cap, so recharge always ends). The exit is checked at
-    every call that passes ``now``.
-
-Assumed spends and syncs
-    An expired lease or an unknown outcome (timeout, dropped connection) assumes the whole
-    cost spent and sets ``needs_sync``. The assumption is dropped when a ``sync`` observation
-    whose request was *sent* after it arrives (``Observation.sent_at``; without it ``at``,
-    which is only right when no ``/token`` call is in flight across an expiry), or when the
-    permit settles late with an envelope (its call is then in the newest observation) or as
-    ``not_sent``. ``needs_sync`` is also set by a plan change seen in a worker's envelope; a
-    sync clears it unless assumptions made after its request remain.
-
-Plan changes
-    An observation with another ``refillRate`` re-plans at once: the cap, ``max_cost()``,
-    the recharge resume level and every ``earliest_grant_at`` follow the new rate.
-
-Planning (``earliest_grant_at``)
-    From ``v = available(now) - extra_spend`` each refill step adds ``refillRate``, capped at
-    the cap: exact Keepa arithmetic when nothing is in flight. Tokens in flight are treated
-    as spent now (they normally settle within seconds), which keeps plans consistent: after
-    a permit of ``s`` tokens is granted, ``earliest_grant_at(c, now)`` equals what
-    ``earliest_grant_at(c, now, extra_spend=s)`` predicted before. ``extra_spend`` is a
-    grant: if it would take ``available`` below the soft floor, the plan includes the
-    recharge it starts. The grant itself is always checked against the safe projection.
-
-Unaccounted consumption (another program on the same key)
-    When a newer observation ``O2`` replaces ``O1`` (same refill rate, no assumed spends
-    outstanding: otherwise nothing is counted), the ledger computes the *lowest* balance
-    the fleet can explain at ``O2``::
-
-        n        = refill steps between them, from the two refill schedules
-                   round(((O2.ts + O2.refillIn) - (O1.ts + O1.refillIn)) / period)
-        expected = min(O1.tokensLeft + n x rate, cap)      # every spend after every refill
-                   - O2.tokensConsumed                      # O2's own call, if a settle
-                   - the cost of every permit in flight     # at most all of them
-        gap      = expected - O2.tokensLeft
-
-    Only a positive ``gap`` is suspicious. Every fleet call that can fall between ``O1`` and
-    ``O2`` is either ``O2`` itself or in flight when ``O2`` arrives (a settle newer than
-    ``O1`` that arrived earlier would have replaced ``O1``), so nothing else needs
-    explaining. A permit may consume more than its cost (a cost estimate too low): when
-    permits were in flight, the gap stays *pending* until all of them end, and each one that
-    settles with an envelope not older than ``O1`` credits its overrun ``consumed - cost``
-    against it. A pending permit that ends without an envelope (expired, unknown outcome)
-    voids the gap: no fleet-free explanation can be proven. What remains is added to
-    ``unaccounted``. Each gap compares two consecutive newest observations, and every
-    observation resets the base to Keepa's own balance, so the same tokens are never counted
-    twice; the figure is a lower bound (spends at the cap, or in-flight permits that had not
-    run, can hide some of it).
+The rules it follows, each one the answer to a production failure, are written out in
+full in ``docs/ARCHITECTURE.md``, "The token ledger": observations, projection, in flight,
+grants, soft floor and recharge, assumed spends and syncs, plan changes, planning
+(``earliest_grant_at``) and unaccounted consumption. A change to a rule changes that page.
 """
 
 from __future__ import annotations
@@ -94,56 +15,28 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
+from broker.observation import SOURCE_SETTLE, SOURCE_SYNC, Observation
+from common import defaults
+
 if TYPE_CHECKING:
-    from common.keepa import TokenEnvelope
+    pass
+
+__all__ = ["SOURCE_SETTLE", "SOURCE_SYNC", "Ledger", "Observation"]
 
 log = logging.getLogger(__name__)
 
-REFILL_PERIOD_S = 60.0  # Keepa's refill step; tests and the simulator shorten it
-SOFT_FLOOR = 20
-RESUME_AT = 60
-# Strict by default for a Ledger built by hand (tests); the fleet's setting
-# broker.max_deficit (common/config.py, 240) is what a broker is built with.
-MAX_DEFICIT = 0
+# Keepa's refill step (tests and the simulator shorten it) and the recharge thresholds: the
+# defaults of the settings of the same names (common/defaults.py). A ledger built by hand is
+# strict about the deficit; a broker passes broker.max_deficit (default defaults.MAX_DEFICIT).
+REFILL_PERIOD_S = defaults.REFILL_PERIOD_S
+SOFT_FLOOR = defaults.SOFT_FLOOR
+RESUME_AT = defaults.RESUME_AT
+MAX_DEFICIT = defaults.STRICT_MAX_DEFICIT
 CAP_MINUTES = 60  # unused tokens expire after an hour: cap = 60 x refill rate
 # How far Keepa's clock may disagree with itself before an observation is treated as bogus.
 MAX_CLOCK_SKEW_MS = 60_000
 # Suspicious gaps waiting for their in-flight permits to settle, at most (oldest dropped).
 MAX_PENDING_GAPS = 256
-
-SOURCE_SYNC = "sync"
-SOURCE_SETTLE = "settle"
-
-
-@dataclasses.dataclass(frozen=True)
-class Observation:
-    """Keepa's token state as one response reported it."""
-
-    keepa_ts_ms: int  # Keepa's ``timestamp``: orders observations (newest wins)
-    tokens_left: int
-    refill_in_ms: int
-    refill_rate: int
-    at: float  # the broker's local (monotonic) time when the response was received
-    source: str = SOURCE_SYNC  # "sync" (broker /token) or "settle" (a worker's call)
-    tokens_consumed: int = 0  # what this response's own call cost
-    # For a sync: the local time the /token request was sent (defaults to ``at``). Assumed
-    # spends made before it are known to be reflected in the answer.
-    sent_at: float | None = None
-
-    @classmethod
-    def from_envelope(
-        cls, env: TokenEnvelope, at: float, source: str, *, sent_at: float | None = None
-    ) -> Observation:
-        return cls(
-            keepa_ts_ms=env.timestamp_ms,
-            tokens_left=env.tokens_left,
-            refill_in_ms=env.refill_in_ms,
-            refill_rate=env.refill_rate,
-            at=at,
-            source=source,
-            tokens_consumed=env.tokens_consumed,
-            sent_at=sent_at,
-        )
 
 
 @dataclasses.dataclass
@@ -318,7 +211,17 @@ class Ledger:
         if self.recharge_mode:
             return False
         available = self.available(now)
-        return available > 0 and available - cost >= -self.max_deficit
+        return available > 0 and available - cost >= -self.deficit_now()
+
+    def deficit_now(self, extra_spend: int = 0) -> int:
+        """How far below zero a grant may take ``available`` now: ``max_deficit`` only while
+        nothing else is in flight or assumed spent (and no ``extra_spend`` is planned). Two
+        calls in flight that together overdraw could arrive in either order, and the second
+        would meet a balance <= 0 — a 429 caused by the fleet; a single one always arrives at
+        the positive balance it was granted against."""
+        if extra_spend or self._in_flight_total or self._assumed_total:
+            return 0
+        return self.max_deficit
 
     def grant(self, permit: str, cost: int, now: float) -> None:
         """Put a permit in flight. Entering recharge mode does not hold this grant back."""
@@ -352,15 +255,19 @@ class Ledger:
         in_recharge = (self.recharge_mode and available < resume) or (
             extra_spend > 0 and v < self.soft_floor
         )
+        # Now, the deficit only for a call alone in flight (``deficit_now``); at a refill
+        # instant, what is in flight now has settled (it was treated as spent) and may not
+        # stand in the way.
+        need_now = max(1, cost - self.deficit_now(extra_spend))
         need = max(1, cost - self.max_deficit)
         if in_recharge:
-            need = max(need, resume)
-        if v >= need:
+            need_now, need = max(need_now, resume), max(need, resume)
+        if v >= need_now:
             return now
         rate = self.refill_rate
         if rate <= 0 or need > self.cap:
             return None
-        steps = -(-(need - v) // rate)  # ceil
+        steps = max(1, -(-(need - v) // rate))  # ceil; at least the next step
         return self._step_at(self._steps_by(now) + steps - 1)
 
     # --- observations ---------------------------------------------------------------------

@@ -46,7 +46,7 @@ from broker import keepa_state, states
 from common import protocol, storage_health
 
 if TYPE_CHECKING:
-    from broker.server import Broker
+    from broker.core import BrokerCore
 
 log = logging.getLogger(__name__)
 
@@ -126,56 +126,56 @@ class BrokerMetrics:
     def granted(self, wait_s: float) -> None:
         self.grant_wait.observe(max(0.0, wait_s))
 
-    def update(self, broker: Broker, now: float, *, force: bool = False) -> None:
+    def update(self, broker: BrokerCore, now: float, *, force: bool = False) -> None:
         """Copy the broker's figures into the metrics (called by the broker's loop)."""
         if not force and now < self._next_update:
             return
         self._next_update = now + UPDATE_EVERY_S
-        state = broker.status(now, per_worker=False)
-        tokens, permits, keepa = state["tokens"], state["permits"], state["keepa"]
-        _set(self.tokens, tokens.get("now"))
-        _set(self.available, tokens.get("available"))
-        _set(self.in_flight, tokens.get("in_flight"))
-        _set(self.refill_rate, tokens.get("refill_rate"))
-        _set(self.recharge, 1 if tokens.get("recharge_mode") else 0)
-        _set(self.unaccounted, tokens.get("unaccounted"))
-        _set(self.queued, permits.get("queued"))
-        for worker_state, n in state["workers_by_state"].items():
+        state = broker.snapshot(now, per_worker=False)
+        tokens, permits, keepa = state.tokens, state.permits, state.keepa
+        _set(self.tokens, tokens.now)
+        _set(self.available, tokens.available)
+        _set(self.in_flight, tokens.in_flight)
+        _set(self.refill_rate, tokens.refill_rate)
+        _set(self.recharge, 1 if tokens.recharge_mode else 0)
+        _set(self.unaccounted, tokens.unaccounted)
+        _set(self.queued, permits.queued)
+        for worker_state, n in state.workers_by_state.items():
             self.workers.labels(state=worker_state).set(n)
         active = dict.fromkeys(PROBLEM_NAMES, 0)
-        for p in (state.get("health") or {}).get("problems") or []:
+        for p in state.health.get("problems") or []:
             name = str(p.get("problem"))
             if name in active or len(active) < MAX_LABEL_VALUES:
                 active[name] = active.get(name, 0) + 1
         for name, n in active.items():
             self.problem.labels(problem=name).set(n)
         totals = {
-            "granted": permits.get("granted"),
-            "settled": permits.get("settled"),
-            "expired": permits.get("expired"),
-            "rejected": permits.get("rejected"),
-            "spent": tokens.get("spent"),
-            "spent_clients": tokens.get("spent_clients"),
-            "status_429": keepa.get("status_429"),
-            "token_syncs": keepa.get("token_syncs"),
-            "errors": keepa.get("errors"),
+            "granted": permits.granted,
+            "settled": permits.settled,
+            "expired": permits.expired,
+            "rejected": permits.rejected,
+            "spent": tokens.spent,
+            "spent_clients": tokens.spent_clients,
+            "status_429": keepa.status_429,
+            "token_syncs": keepa.token_syncs,
+            "errors": keepa.errors,
         }
         for name, value in totals.items():
             self._advance(name, value, self._counters[name])
-        queries = (state.get("pipeline") or {}).get("queries")
+        queries = (state.pipeline or {}).get("queries")
         if isinstance(queries, dict):
             for qname, figures in list(queries.items())[:MAX_LABEL_VALUES]:
                 for figure in QUERY_FIGURES:
-                    value = figures.get(figure) if isinstance(figures, dict) else None
-                    if isinstance(value, int | float):
-                        self.query.labels(query=str(qname), figure=figure).set(value)
+                    shown = figures.get(figure) if isinstance(figures, dict) else None
+                    if isinstance(shown, int | float):
+                        self.query.labels(query=str(qname), figure=figure).set(shown)
         self._update_clients(broker)
-        for reason, n in state["kills_by_reason"].items():
+        for reason, n in state.kills_by_reason.items():
             self._advance(f"kill:{reason}", n, self.kills.labels(reason=reason))
-        for code, n in list(state["bad_messages"].items())[:MAX_LABEL_VALUES]:
+        for code, n in list(state.bad_messages.items())[:MAX_LABEL_VALUES]:
             self._advance(f"bad:{code}", n, self.bad.labels(code=code))
 
-    def _update_clients(self, broker: Broker) -> None:
+    def _update_clients(self, broker: BrokerCore) -> None:
         """Client programs by state (the registry's records of ROLE_CLIENT peers)."""
         counts = dict.fromkeys(states.WORKER_STATES, 0)
         for rec in broker.registry.records():

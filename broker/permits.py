@@ -4,14 +4,10 @@ Pure bookkeeping over a ``Ledger`` with ``now`` passed in: no sockets, no sleeps
 loop calls ``submit``/``cancel``/``settle`` on messages, then ``expire_leases`` and
 ``schedule`` every turn, and sleeps at most until ``next_wakeup``.
 
-Permit lifecycle (``broker/states.py``)::
-
-    QUEUED -> GRANTED      tokens allow it (schedule)
-    QUEUED -> REJECTED     deadline passed, too large to ever grant, draining, closed
-                           (the Keepa key or Keepa has a problem: set_closed)
-    QUEUED -> CANCELLED    CANCEL, or the worker is gone
-    GRANTED -> SETTLED     SETTLE within the lease
-    GRANTED -> EXPIRED     the lease ran out: cost assumed spent, the ledger asks for a sync
+Permit lifecycle: the table ``broker.states.PERMIT`` (queued -> granted | rejected |
+cancelled, granted -> settled | expired); every change goes through ``transition``. A
+request is also rejected while the book is closed (``set_closed``: the Keepa key or Keepa has
+a problem), or held for the reasons in ``HELD_WHILE_CLOSED``.
 
 Order: priority (higher first), then arrival. The *head* is the first request in that order
 that cannot be granted now; it reserves. A later request may go ahead only when granting it
@@ -40,12 +36,14 @@ from typing import Any
 
 from broker import states
 from broker.ledger import Ledger, Observation
-from common import protocol
+from common import defaults
+from common.lifecycle import transition
+from common.protocol import RejectReason, SettleStatus
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL_S = 150.0
-MAX_QUEUED_PER_WORKER = 8
+LEASE_TTL_S = defaults.LEASE_TTL_S
+MAX_QUEUED_PER_WORKER = defaults.MAX_QUEUED_PER_WORKER
 ANSWERS_PER_WORKER = 64
 FINISHED_KEEP_S = 600.0
 MAX_FINISHED = 4096
@@ -53,23 +51,12 @@ MAX_FINISHED = 4096
 GRANT = "grant"
 REJECT = "reject"
 
-# Reject reasons (REJECT.reason on the wire).
-R_BAD_COST = "bad_cost"
-R_BAD_DEADLINE = "bad_deadline"
-R_TOO_LARGE = "too_large"
-R_QUEUE_FULL = "queue_full"
-R_DRAINING = "draining"
-R_DEADLINE = "deadline"
-R_CANCELLED = "cancelled"
-R_SEQ_REUSED = "seq_reused"
+
 # Closed for these reasons, the book *holds* requests (queued, granted once it opens again,
 # rejected only at their deadline): Keepa unreachable is usually short, and a worker waiting
 # on its socket costs nothing. Closed for any other reason (the key has no access, is
 # malformed: usually long), requests are rejected with the reason.
-HELD_WHILE_CLOSED = (protocol.REJECT_KEEPA_UNREACHABLE,)
-
-# SETTLE.status values.
-S_NOT_SENT = "not_sent"
+HELD_WHILE_CLOSED = (RejectReason.KEEPA_UNREACHABLE,)
 
 
 @dataclasses.dataclass
@@ -149,25 +136,25 @@ class PermitBook:
             permit = self._queued[self._queued_by_key[key]]
             if permit.cost == cost:
                 return None
-            return self._reply_reject(worker, seq, cost, R_SEQ_REUSED)
+            return self._reply_reject(worker, seq, cost, RejectReason.SEQ_REUSED)
         answers = self._answers.get(worker)
         previous = answers.get(seq) if answers is not None else None
         if previous is not None:
             if previous.cost == cost:
                 return previous
-            return self._reply_reject(worker, seq, cost, R_SEQ_REUSED)
+            return self._reply_reject(worker, seq, cost, RejectReason.SEQ_REUSED)
         if self.draining:
-            return self._remember(self._reject_new(worker, seq, cost, R_DRAINING))
+            return self._remember(self._reject_new(worker, seq, cost, RejectReason.DRAINING))
         if self.closed_reason and not self.holding:
             return self._remember(self._reject_new(worker, seq, cost, self.closed_reason))
         if cost <= 0:
-            return self._remember(self._reject_new(worker, seq, cost, R_BAD_COST))
+            return self._remember(self._reject_new(worker, seq, cost, RejectReason.BAD_COST))
         if not math.isfinite(deadline_s) or deadline_s <= 0:
-            return self._remember(self._reject_new(worker, seq, cost, R_BAD_DEADLINE))
+            return self._remember(self._reject_new(worker, seq, cost, RejectReason.BAD_DEADLINE))
         if self.ledger.has_observation and cost > self.ledger.max_cost():
-            return self._remember(self._reject_new(worker, seq, cost, R_TOO_LARGE))
+            return self._remember(self._reject_new(worker, seq, cost, RejectReason.TOO_LARGE))
         if self._queued_per_worker[worker] >= self.max_queued_per_worker:
-            return self._remember(self._reject_new(worker, seq, cost, R_QUEUE_FULL))
+            return self._remember(self._reject_new(worker, seq, cost, RejectReason.QUEUE_FULL))
         self._next_id += 1
         self._arrivals += 1
         permit = Permit(
@@ -204,9 +191,9 @@ class PermitBook:
             return
         permit = self._dequeue(permit_id)
         # QUEUED -> CANCELLED
-        self._finish(permit, states.CANCELLED, R_CANCELLED, now)
+        self._finish(permit, states.CANCELLED, RejectReason.CANCELLED, now)
         self.counts["cancelled"] += 1
-        self._remember(self._decision(permit, REJECT, R_CANCELLED))
+        self._remember(self._decision(permit, REJECT, RejectReason.CANCELLED))
 
     def schedule(self, now: float) -> list[Decision]:
         """The grants tokens allow now, and the rejects of requests past their deadline."""
@@ -223,13 +210,13 @@ class PermitBook:
             permit = self._queued[permit_id]
             reason = ""
             if self.draining:
-                reason = R_DRAINING
+                reason = RejectReason.DRAINING
             elif self.closed_reason and not self.holding:
                 reason = self.closed_reason
             elif now >= permit.deadline_at:
-                reason = R_DEADLINE
+                reason = RejectReason.DEADLINE
             elif max_cost is not None and permit.cost > max_cost:
-                reason = R_TOO_LARGE  # the plan changed under it
+                reason = RejectReason.TOO_LARGE  # the plan changed under it
             if reason:
                 self._dequeue(permit_id)
                 # QUEUED -> REJECTED
@@ -259,7 +246,7 @@ class PermitBook:
         grant (``earliest_grant_at`` is monotone in ``extra_spend``: a binary search)."""
         ledger = self.ledger
         head_at = ledger.earliest_grant_at(head_cost, now)
-        hi = max(0, ledger.available(now) + ledger.max_deficit)
+        hi = max(0, ledger.available(now) + ledger.deficit_now())
         if head_at is None:
             return hi  # no refill alone grants the head: nothing now can delay it
         lo = 0  # extra_spend 0 is the plan itself
@@ -274,8 +261,7 @@ class PermitBook:
     def _grant(self, permit: Permit, now: float) -> Decision:
         self._dequeue(permit.permit)
         self.ledger.grant(permit.permit, permit.cost, now)
-        # QUEUED -> GRANTED
-        permit.state = states.GRANTED
+        transition(states.PERMIT, permit, states.GRANTED, logger=log, subject=permit.permit)
         permit.granted_at = now
         permit.lease_until = now + self.lease_ttl_s
         self._granted[permit.permit] = permit
@@ -307,7 +293,7 @@ class PermitBook:
                 and (worker is None or late.worker == worker)
             ):
                 self.counts["late_settles"] += 1
-                if status == S_NOT_SENT:
+                if status == SettleStatus.NOT_SENT:
                     self.ledger.release(permit, now)
                 elif obs is not None:
                     self.ledger.settle(permit, obs, now)
@@ -316,7 +302,7 @@ class PermitBook:
                 self.counts["unknown_settles"] += 1
             return None
         del self._granted[permit]
-        if status == S_NOT_SENT:
+        if status == SettleStatus.NOT_SENT:
             self.ledger.release(permit, now)
             if obs is not None:
                 self.ledger.observe(obs, now)
@@ -478,7 +464,7 @@ class PermitBook:
         return permit
 
     def _finish(self, permit: Permit, state: str, reason: str, now: float) -> None:
-        permit.state = state
+        transition(states.PERMIT, permit, state, logger=log, subject=permit.permit)
         permit.reason = reason
         permit.finished_at = now
         if state == states.REJECTED:

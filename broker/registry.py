@@ -30,6 +30,8 @@ from typing import Any
 from broker import states
 from common import protocol
 from common.errors import ProtocolError
+from common.lifecycle import transition
+from common.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +97,7 @@ class WorkerRecord:
         return self.state in LIVE_STATES
 
     def set_state(self, state: str, now: float) -> None:
-        if state != self.state:
-            self.state = state
-            self.state_since = now
+        transition(states.WORKER, self, state, logger=log, subject=self.worker_id, now=now)
 
 
 def session_key(hello: protocol.Hello) -> str:
@@ -121,7 +121,7 @@ def check_hello(hello: protocol.Hello) -> None:
     if len(hello.role) > MAX_LABEL_CHARS or len(hello.version) > MAX_LABEL_CHARS:
         problems.append(f"role and version are at most {MAX_LABEL_CHARS} characters")
     if problems:
-        raise ProtocolError("bad_hello", "; ".join(problems))
+        raise ProtocolError(ErrorCode.BAD_HELLO, "; ".join(problems))
 
 
 def bounded(value: Any, depth: int = MAX_INFO_DEPTH) -> Any:
@@ -241,7 +241,8 @@ class Registry:
             self._end(old, now, "replaced by a new registration")
         if self.live_count() >= self.max_workers:
             raise ProtocolError(
-                "too_many_workers", f"{self.max_workers} workers registered (broker.max_workers)"
+                ErrorCode.TOO_MANY_WORKERS,
+                f"{self.max_workers} workers registered (broker.max_workers)",
             )
         rec = WorkerRecord(
             worker_id=hello.worker_id,

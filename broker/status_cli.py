@@ -19,17 +19,16 @@ import sys
 import time
 from typing import Any
 
-import zmq
-
-from common import protocol
 from common.cli import add_broker_argument
 from common.config import load_settings
-from common.curve import setup_client
-from common.errors import ConfigError, ProtocolError
+from common.errors import ConfigError
+from common.health_view import duration as _duration
+from common.health_view import health_lines, problems_of
+from common.health_view import seconds as _seconds
+from common.status_client import DEFAULT_TIMEOUT_S, fetch_status
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 5.0
 EXIT_OK = 0
 EXIT_PROBLEM = 1  # --check: the broker answered and reports a problem
 EXIT_NO_ANSWER = 2
@@ -120,74 +119,6 @@ def check(state: dict[str, Any] | None, address: str) -> int:
         return EXIT_NO_ANSWER
     print("\n".join(health_lines(state)))
     return EXIT_PROBLEM if problems_of(state) else EXIT_OK
-
-
-def problems_of(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """The active problems of a STATUS_REPLY state (``broker.health``)."""
-    health = state.get("health")
-    problems = health.get("problems") if isinstance(health, dict) else None
-    return [p for p in problems or [] if isinstance(p, dict)]
-
-
-def health_line(state: dict[str, Any]) -> str:
-    """One line: ``health: ok`` or the problems, each with since-when (for progress lines)."""
-    problems = problems_of(state)
-    if not problems:
-        return "health: ok"
-    return "health: " + "; ".join(
-        f"{p.get('says', p.get('problem', '?'))} (since {_seconds(p.get('since_s'))})"
-        for p in problems
-    )
-
-
-def health_lines(state: dict[str, Any]) -> list[str]:
-    """``health: ok``, or a count and one line per problem: what, since when, what the fleet
-    does about it."""
-    problems = problems_of(state)
-    if not problems:
-        return ["health: ok"]
-    lines = [f"health: {len(problems)} problem{'s' if len(problems) > 1 else ''}"]
-    for p in problems:
-        lines.append(
-            f"  {p.get('says', p.get('problem', '?'))}: since {_seconds(p.get('since_s'))} "
-            f"ago; {p.get('does', '')}"
-        )
-    return lines
-
-
-def fetch_status(
-    address: str, *, timeout: float = DEFAULT_TIMEOUT_S, curve_dir: str = ""
-) -> dict[str, Any] | None:
-    """The broker's live state, or None when it did not answer within ``timeout`` seconds."""
-    ctx: zmq.Context[Any] = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    try:
-        if curve_dir:
-            setup_client(sock, curve_dir)
-        sock.connect(address)
-        sock.send(protocol.Status().encode(), zmq.NOBLOCK)
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
-            if not sock.poll(remaining_ms, zmq.POLLIN):
-                return None
-            frames = sock.recv_multipart(zmq.NOBLOCK)
-            try:
-                reply = protocol.decode(frames[-1], max_bytes=protocol.MAX_REPLY_BYTES)
-            except ProtocolError as exc:
-                log.warning("unreadable answer from the broker: %s", exc)
-                continue
-            if isinstance(reply, protocol.StatusReply):
-                return reply.state
-            log.warning("unexpected answer from the broker: %s", reply.TYPE)
-    except zmq.Again:
-        return None
-    except zmq.ZMQError as exc:
-        log.warning("cannot reach the broker at %s: %s", address, exc)
-        return None
-    finally:
-        sock.close(linger=0)
 
 
 # --- the human-readable summary ---------------------------------------------------------
@@ -341,23 +272,6 @@ def _workers_table(workers: list[dict[str, Any]]) -> list[str]:
 
 def _ms_to_s(ms: Any) -> float | None:
     return ms / 1000.0 if isinstance(ms, int | float) else None
-
-
-def _seconds(value: Any) -> str:
-    if not isinstance(value, int | float):
-        return "-"
-    return f"{value:.1f}s" if value < 100 else _duration(value)
-
-
-def _duration(value: Any) -> str:
-    if not isinstance(value, int | float):
-        return "?"
-    total = int(value)
-    hours, rest = divmod(total, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if hours:
-        return f"{hours}:{minutes:02d}:{seconds:02d}"
-    return f"{minutes}:{seconds:02d}"
 
 
 # --- other programs on the key (gateway clients, permit API scripts) ---------------------

@@ -1,7 +1,7 @@
 """Asking Keepa ``/token`` for the truth: when (``SyncPolicy``) and how (``TokenSync``).
 
 ``/token`` is free, but Keepa dislikes it being hammered: the broker is its one caller, at a
-bounded rate. ARCHITECTURE.md "Never trust stale state" says when to ask:
+bounded rate. docs/ARCHITECTURE.md "Never trust stale state" says when to ask:
 
 ==================  ========================================================================
 reason              when

@@ -21,7 +21,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from common import defaults
 from common.errors import ConfigError
+from common.fields import coerce_setting as _coerce
 
 DEFAULT_CONFIG_FILE = "fleet.toml"
 SIM_DEFAULT_PORT = 8787
@@ -68,7 +70,7 @@ class KeepaSettings:
         hi=100,
     )
     refill_period_s: float = _field(
-        60.0,
+        defaults.REFILL_PERIOD_S,
         "Keepa's refill step, seconds (60 on Keepa)",
         env="KEEPA_REFILL_PERIOD_S",
         lo=0.05,
@@ -93,20 +95,26 @@ class BrokerSettings:
     )
     kill_grace_s: float = _field(5.0, "SIGTERM to SIGKILL grace, seconds", lo=0.05, hi=600)
     lease_ttl_s: float = _field(
-        150.0, "permit lease; unsettled after this = expired, seconds", lo=0.1, hi=3600
+        defaults.LEASE_TTL_S,
+        "permit lease; unsettled after this = expired, seconds",
+        lo=0.1,
+        hi=3600,
     )
     soft_floor: int = _field(
-        20, "a grant that takes available below this starts recharge", lo=0, hi=1_000_000
+        defaults.SOFT_FLOOR,
+        "a grant that takes available below this starts recharge",
+        lo=0,
+        hi=1_000_000,
     )
     resume_at: int = _field(
-        60, "recharge ends when available reaches this (clamped to the cap)", lo=0, hi=1_000_000
+        defaults.RESUME_AT,
+        "recharge ends when available reaches this (clamped to the cap)",
+        lo=0,
+        hi=1_000_000,
     )
-    # One offers call of 20 ASINs at its worst case (20 x 12): a grant need not wait until
-    # that is saved up, as Keepa itself runs any request at a positive balance. Measured
-    # (bench 7, 20-a-minute plan, 4 processes): 96.3 % utilization and drain 1.03 x the
-    # limit at 0; 99.9 % and 1.00 x at 240; 0 x 429 either way (a grant needs available > 0).
+    # (why 240: common/defaults.py)
     max_deficit: int = _field(
-        240,
+        defaults.MAX_DEFICIT,
         "how far below zero a grant may take available (a grant still needs available > 0)",
         lo=0,
         hi=1_000_000,
@@ -127,7 +135,15 @@ class BrokerSettings:
         hi=3600,
     )
     max_workers: int = _field(1000, "registered workers at most", lo=1, hi=100_000)
-    max_queued_per_worker: int = _field(8, "queued requests per worker at most", lo=1, hi=10_000)
+    max_queued_per_worker: int = _field(
+        defaults.MAX_QUEUED_PER_WORKER, "queued requests per worker at most", lo=1, hi=10_000
+    )
+    drain_timeout_s: float = _field(
+        defaults.DRAIN_TIMEOUT_S,
+        "on SIGTERM, how long granted permits get to settle, seconds",
+        lo=0.0,
+        hi=3600,
+    )
     metrics_port: int = _field(0, "Prometheus metrics port on 127.0.0.1; 0 = off", lo=0, hi=65535)
     curve_dir: str = _field(
         "",
@@ -158,7 +174,7 @@ class WorkerSettings:
         86400.0, "warn when the newest deal is older than this, seconds", lo=1, hi=30 * 86400
     )
     grant_wait_s: float = _field(
-        600.0, "how long a worker waits for a grant, seconds", lo=0.1, hi=86400
+        defaults.GRANT_WAIT_S, "how long a worker waits for a grant, seconds", lo=0.1, hi=86400
     )
     cost_per_product: float = _field(
         5.0, "initial estimate of tokens per product for offers=20", lo=0.1, hi=1000
@@ -350,44 +366,6 @@ def _with_queries(settings: Settings, tables: Any, path: Path | None) -> Setting
         for warning in q.warnings:
             logging.getLogger("common.queries").warning("%s", warning)
     return dataclasses.replace(settings, queries=queries)
-
-
-def _coerce(name: str, f: dataclasses.Field[Any], raw: Any, origin: str) -> Any:
-    kind = type(f.default)
-    shown = "***" if f.metadata.get("secret") else repr(raw)
-    where = f"(from {origin})"
-    try:
-        if kind is bool:
-            if isinstance(raw, str):
-                if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError
-                value: Any = raw.lower() in ("1", "true", "yes")
-            else:
-                value = bool(raw)
-        elif kind is int:
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError
-            value = int(raw)
-        elif kind is float:
-            if isinstance(raw, bool):
-                raise ValueError
-            value = float(raw)
-            if value != value:  # NaN
-                raise ValueError
-        else:
-            if not isinstance(raw, str):
-                raise ValueError
-            value = raw
-    except (TypeError, ValueError):
-        raise ConfigError(name, f"{shown} is not a valid {kind.__name__} {where}") from None
-    lo, hi, choices = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("choices")
-    if lo is not None and value < lo:
-        raise ConfigError(name, f"{shown} is below the minimum {lo} {where}")
-    if hi is not None and value > hi:
-        raise ConfigError(name, f"{shown} is above the maximum {hi} {where}")
-    if choices and value not in choices:
-        raise ConfigError(name, f"{shown} is not one of {', '.join(choices)} {where}")
-    return value
 
 
 def _check_consistency(s: Settings) -> None:

@@ -31,7 +31,7 @@ from common.keepa import MAX_ASINS_PER_CALL
 DEAL_PAGE_COST = 5
 # A /product call without offers: 1 token per found product (refresh's light update).
 LIGHT_COST_PER_PRODUCT = 1.0
-# With offers=N: 6 tokens per found page of up to 10 offers, per product (KEEPA_API.md).
+# With offers=N: 6 tokens per found page of up to 10 offers, per product (docs/KEEPA.md).
 OFFER_PAGE_COST = 6
 OFFERS_PER_PAGE = 10
 WINDOW_CALLS = 8

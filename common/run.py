@@ -24,6 +24,8 @@ from typing import Any
 
 from common.config import Settings, load_settings
 from common.errors import ConfigError
+from common.health_view import health_line, problems_of
+from common.status import StatusSnapshot
 from common.storage import is_postgres_url
 
 DEFAULT_WORKERS = 4
@@ -196,7 +198,7 @@ def _cmdline(pid: int) -> bytes:
 
 
 def progress_loop(settings: Settings, every: float) -> int:
-    from broker.status_cli import fetch_status
+    from common.status_client import fetch_status
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -211,28 +213,27 @@ def progress_loop(settings: Settings, every: float) -> int:
 
 
 def progress_line(state: dict[str, Any] | None, elapsed_s: float) -> str:
-    """One line: tokens, rate, workers, deals, 429s."""
+    """One line: tokens, rate, workers, deals, 429s (read through ``StatusSnapshot``)."""
     stamp = time.strftime("%H:%M:%S")
     if state is None:
         return f"{stamp} [{elapsed_s:5.0f}s] broker not answering yet (starting, or down)"
-    tokens = state.get("tokens", {})
-    permits = state.get("permits", {})
+    try:
+        s = StatusSnapshot.from_dict(state)
+    except (KeyError, TypeError) as exc:
+        return f"{stamp} [{elapsed_s:5.0f}s] unreadable broker status ({exc!r})"
+    t, p = s.tokens, s.permits
     # Gateway clients (role "client") are listed among the peers but are not workers.
-    workers = [w for w in state.get("workers", []) if w.get("role") != "client"]
-    clients = len(state.get("clients") or [])
-    pipeline = state.get("pipeline") or {}
-    keepa = state.get("keepa", {})
+    workers = [w for w in s.workers if w.get("role") != "client"]
+    clients = len(s.clients)
     alive = sum(1 for w in workers if w.get("state") in ("alive", "waiting"))
-    mode = " RECHARGE" if tokens.get("recharge_mode") else ""
-    from broker.status_cli import health_line, problems_of  # issue 12
-
+    mode = " RECHARGE" if t.recharge_mode else ""
     problem = f" | {health_line(state)}" if problems_of(state) else ""
     return (
-        f"{stamp} [{elapsed_s:5.0f}s] tokens {tokens.get('now', '?')}/{tokens.get('cap', '?')} "
-        f"avail {tokens.get('available', '?')} rate {tokens.get('refill_rate', '?')}/step"
+        f"{stamp} [{elapsed_s:5.0f}s] tokens {t.now}/{t.cap} "
+        f"avail {t.available} rate {t.refill_rate}/step"
         f"{mode} | workers {alive}/{len(workers)}{f' + {clients} clients' if clients else ''}"
-        f" | permits {permits.get('granted', 0)} "
-        f"granted, {permits.get('queued', 0)} queued | deals {pipeline.get('deals_live', 0)} "
-        f"live, {pipeline.get('candidates_waiting', 0)} candidates | 429s "
-        f"{keepa.get('status_429', 0)} | kills {len(state.get('kills', []))}{problem}"
+        f" | permits {p.granted} "
+        f"granted, {p.queued} queued | deals {s.pipeline.get('deals_live', 0)} "
+        f"live, {s.pipeline.get('candidates_waiting', 0)} candidates | 429s "
+        f"{s.keepa.status_429} | kills {len(s.kills)}{problem}"
     )

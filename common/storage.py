@@ -14,6 +14,14 @@ short ``BEGIN IMMEDIATE`` transaction: a deferred transaction that reads and the
 "database is locked" at once when another process writes, busy timeout or not. Writes are
 idempotent upserts keyed by ``(domain, asin)``, so a batch done twice leaves the same rows.
 
+Why the statements are SQL written here and not sqlite-utils calls (``table.upsert``,
+``table.create``, ``rows_where``): every statement of this class is also the PostgreSQL
+backend's (``common.storage_pg`` subclasses ``Storage`` and runs the same statements through
+its own connection; the migrations are mapped by ``pg_ddl``), and sqlite-utils speaks only
+SQLite. The claims also need ``BEGIN IMMEDIATE`` (see above), which sqlite-utils does not
+open. sqlite-utils is used for what is SQLite's alone: the ``Database`` on our connection and
+its savepoints (``atomic``) inside an open transaction.
+
 Tables (plain SQLite types, JSON as TEXT, times as epoch seconds: the file opens in
 sqlite-utils or Datasette without any project code):
 
@@ -50,6 +58,18 @@ from typing import Any
 import sqlite_utils
 
 from common.errors import StorageError
+from common.schema import MIGRATIONS, SCHEMA_VERSION, add_column
+from common.storage_deals import DealRows
+from common.storage_reads import StorageReads, _marks
+
+__all__ = [
+    "MAX_CLAIM_ATTEMPTS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Rejection",
+    "Storage",
+    "add_column",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,108 +77,6 @@ BUSY_TIMEOUT_S = 30.0
 # A candidate claimed this many times without being finished is rejected ("attempts"), so a
 # poison ASIN cannot cycle forever.
 MAX_CLAIM_ATTEMPTS = 5
-
-
-def add_column(table: str, column: str, sql_type: str, default: str | None = None) -> str:
-    """The migration statement of an additive column, the same on both backends (write the
-    SQLite type: INTEGER, REAL, TEXT; PostgreSQL gets BIGINT, DOUBLE PRECISION, TEXT)::
-
-        (2, (add_column("deals", "query", "TEXT"),)),
-    """
-    tail = f" DEFAULT {default}" if default is not None else ""
-    return f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}{tail}"
-
-
-# Each entry upgrades the schema from the previous version; never edit a released entry, add
-# one (an additive column: ``add_column`` above). The statements are written in SQLite's types;
-# ``common.storage_pg`` maps them to PostgreSQL's (``pg_ddl``), so one list serves both.
-MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
-    (
-        1,
-        (
-            """CREATE TABLE IF NOT EXISTS state (
-                key TEXT PRIMARY KEY,
-                value TEXT NOT NULL,
-                updated_at REAL NOT NULL
-            )""",
-            """CREATE TABLE IF NOT EXISTS candidates (
-                domain INTEGER NOT NULL,
-                asin TEXT NOT NULL,
-                added_at REAL NOT NULL,
-                source TEXT NOT NULL DEFAULT '',
-                claim_owner TEXT,
-                claim_expires REAL,
-                attempts INTEGER NOT NULL DEFAULT 0,
-                PRIMARY KEY (domain, asin)
-            )""",
-            "CREATE INDEX IF NOT EXISTS candidates_queue ON candidates (domain, added_at)",
-            """CREATE TABLE IF NOT EXISTS deals (
-                domain INTEGER NOT NULL,
-                asin TEXT NOT NULL,
-                title TEXT,
-                price_type INTEGER,
-                current INTEGER,
-                avg90 INTEGER,
-                drop_percent REAL,
-                sales_rank INTEGER,
-                offers INTEGER,
-                profit INTEGER,
-                first_seen REAL NOT NULL,
-                updated_at REAL NOT NULL,
-                refreshes INTEGER NOT NULL DEFAULT 0,
-                claim_owner TEXT,
-                claim_expires REAL,
-                raw TEXT,
-                history TEXT,
-                PRIMARY KEY (domain, asin)
-            )""",
-            "CREATE INDEX IF NOT EXISTS deals_staleness ON deals (domain, updated_at)",
-            """CREATE TABLE IF NOT EXISTS rejections (
-                domain INTEGER NOT NULL,
-                asin TEXT NOT NULL,
-                reason TEXT NOT NULL,
-                filter TEXT NOT NULL,
-                detail TEXT,
-                at REAL NOT NULL,
-                times INTEGER NOT NULL DEFAULT 1,
-                PRIMARY KEY (domain, asin)
-            )""",
-            "CREATE INDEX IF NOT EXISTS rejections_reason ON rejections (reason)",
-            """CREATE TABLE IF NOT EXISTS seen (
-                domain INTEGER NOT NULL,
-                asin TEXT NOT NULL,
-                source TEXT NOT NULL DEFAULT '',
-                first_seen REAL NOT NULL,
-                last_seen REAL NOT NULL,
-                times INTEGER NOT NULL DEFAULT 1,
-                PRIMARY KEY (domain, asin)
-            )""",
-        ),
-    ),
-    # issue 19 (deal queries): which query found each candidate and deal ('' = before queries).
-    (
-        2,
-        (
-            "ALTER TABLE candidates ADD COLUMN query TEXT DEFAULT ''",
-            "ALTER TABLE deals ADD COLUMN query TEXT DEFAULT ''",
-        ),
-    ),
-]
-SCHEMA_VERSION = MIGRATIONS[-1][0]
-
-# Columns of ``deals`` a commit or a refresh writes (besides the keys and the bookkeeping).
-DEAL_FIELDS = (
-    "title",
-    "price_type",
-    "current",
-    "avg90",
-    "drop_percent",
-    "sales_rank",
-    "offers",
-    "profit",
-    "raw",
-    "query",  # the deal query that found it (issue 19)
-)
 
 
 @dataclass(frozen=True)
@@ -197,7 +115,7 @@ def sqlite_path(target: str) -> str:
     return target
 
 
-class Storage:
+class Storage(DealRows, StorageReads):
     """The database of one process. Methods are short transactions; safe to share between the
     threads of one process (a lock serializes them), and between processes (SQLite locks).
 
@@ -524,229 +442,11 @@ class Storage:
             self.conn.execute("DELETE FROM deals WHERE domain = ? AND asin = ?", key)
         self._add_counter("rejections_recorded", len(rejections), now)
 
-    # --- deals --------------------------------------------------------------------------
-
-    def commit_deals(self, domain: int, deals: Sequence[Mapping[str, Any]], now: float) -> int:
-        """Upsert deals (``asin`` plus DEAL_FIELDS, optional ``history``) and remove their
-        candidates and any old rejection, in one transaction. ``first_seen`` is kept."""
-        if not deals:
-            return 0
-        with self._write():
-            self._lock_asins(domain, [d["asin"] for d in deals])
-            for deal in deals:
-                self._upsert_deal(domain, deal, now)
-                key = (domain, deal["asin"])
-                self.conn.execute("DELETE FROM candidates WHERE domain = ? AND asin = ?", key)
-                self.conn.execute("DELETE FROM rejections WHERE domain = ? AND asin = ?", key)
-            self._add_counter("deals_committed", len(deals), now)
-        return len(deals)
-
-    def _upsert_deal(self, domain: int, deal: Mapping[str, Any], now: float) -> None:
-        values = [deal.get(f) for f in DEAL_FIELDS]
-        history = deal.get("history")
-        cols = ", ".join(DEAL_FIELDS)
-        updates = ", ".join(f"{f} = excluded.{f}" for f in DEAL_FIELDS)
-        self.conn.execute(
-            f"INSERT INTO deals (domain, asin, {cols}, history, first_seen, updated_at) "
-            f"VALUES (?, ?, {_marks(DEAL_FIELDS)}, ?, ?, ?) "
-            f"ON CONFLICT (domain, asin) DO UPDATE SET {updates}, "
-            "history = coalesce(excluded.history, deals.history), "
-            "updated_at = excluded.updated_at, claim_owner = NULL, claim_expires = NULL",
-            (domain, deal["asin"], *values, history, now, now),
-        )
-
-    def claim_stale_deals(
-        self, domain: int, owner: str, limit: int, *, now: float, due_before: float, ttl_s: float
-    ) -> list[str]:
-        """Claim up to ``limit`` deals last updated at or before ``due_before``, stalest
-        first, for ``ttl_s`` seconds."""
-        if limit <= 0:
-            return []
-        with self._write():
-            rows = self.conn.execute(
-                "UPDATE deals SET claim_owner = ?, claim_expires = ? WHERE rowid IN "
-                "(SELECT rowid FROM deals WHERE domain = ? AND updated_at <= ? AND "
-                "(claim_owner IS NULL OR claim_expires <= ?) ORDER BY updated_at, asin LIMIT ?) "
-                "RETURNING asin, updated_at",
-                (owner, now + ttl_s, domain, due_before, now, limit),
-            ).fetchall()
-        rows.sort(key=lambda r: (r[1], r[0]))
-        return [r[0] for r in rows]
-
-    def refresh_deals(self, domain: int, deals: Sequence[Mapping[str, Any]], now: float) -> int:
-        """Rewrite refreshed deals that still qualify (keeping ``first_seen`` and the price
-        history) and release their claims."""
-        if not deals:
-            return 0
-        updates = ", ".join(f"{f} = ?" for f in DEAL_FIELDS)
-        n = 0
-        with self._write():
-            for deal in sorted(deals, key=lambda d: str(d["asin"])):  # one lock order
-                # UPDATE, not upsert: a deal dropped meanwhile (an expired claim taken over by
-                # another worker) stays dropped.
-                cur = self.conn.execute(
-                    f"UPDATE deals SET {updates}, updated_at = ?, refreshes = refreshes + 1, "
-                    "claim_owner = NULL, claim_expires = NULL WHERE domain = ? AND asin = ?",
-                    (*(deal.get(f) for f in DEAL_FIELDS), now, domain, deal["asin"]),
-                )
-                n += cur.rowcount
-            self._add_counter("deals_refreshed", n, now)
-        return n
-
-    def drop_deals(self, domain: int, rejections: Sequence[Rejection], now: float) -> int:
-        """Delete deals that stopped qualifying and record why, in one transaction."""
-        if not rejections:
-            return 0
-        with self._write():
-            self._reject(domain, rejections, now)
-            self._add_counter("deals_dropped", len(rejections), now)
-        return len(rejections)
-
-    def release_deals(self, domain: int, owner: str, asins: Sequence[str] | None = None) -> int:
-        """Give back refresh claims (all of ``owner``'s when ``asins`` is None)."""
-        with self._write():
-            if asins is None:
-                cur = self.conn.execute(
-                    "UPDATE deals SET claim_owner = NULL, claim_expires = NULL "
-                    "WHERE domain = ? AND claim_owner = ?",
-                    (domain, owner),
-                )
-            elif not asins:
-                return 0
-            else:
-                cur = self.conn.execute(
-                    "UPDATE deals SET claim_owner = NULL, claim_expires = NULL "
-                    f"WHERE domain = ? AND claim_owner = ? AND asin IN ({_marks(asins)})",
-                    (domain, owner, *asins),
-                )
-            return cur.rowcount
-
-    def get_deal(self, domain: int, asin: str) -> dict[str, Any] | None:
-        with self._lock:
-            cur = self.conn.execute(
-                "SELECT * FROM deals WHERE domain = ? AND asin = ?", (domain, asin.upper())
-            )
-            row = cur.fetchone()
-            names = [d[0] for d in cur.description]
-        return dict(zip(names, row, strict=True)) if row else None
-
-    # --- queries for urgency and status --------------------------------------------------
-
-    def claimable_candidates(self, domain: int, now: float) -> int:
-        rows = self._read(
-            "SELECT count(*) FROM candidates WHERE domain = ? AND "
-            "(claim_owner IS NULL OR claim_expires <= ?)",
-            (domain, now),
-        )
-        return int(rows[0][0])
-
-    def stalest_claimable_deal(self, domain: int, now: float) -> float | None:
-        """``updated_at`` of the stalest deal not claimed by anyone, or None."""
-        rows = self._read(
-            "SELECT min(updated_at) FROM deals WHERE domain = ? AND "
-            "(claim_owner IS NULL OR claim_expires <= ?)",
-            (domain, now),
-        )
-        return None if rows[0][0] is None else float(rows[0][0])
-
-    def totals(self, now: float | None = None) -> dict[str, Any]:
-        """Pipeline figures for ``keepa-fleet status`` (all domains)."""
-        now = time.time() if now is None else now
-
-        def one(sql: str, params: Sequence[Any] = ()) -> Any:
-            return self._read(sql, params)[0][0]
-
-        with self._lock:
-            claimed = one(
-                "SELECT count(*) FROM candidates WHERE claim_owner IS NOT NULL "
-                "AND claim_expires > ?",
-                (now,),
-            )
-            queued = one("SELECT count(*) FROM candidates")
-            oldest_candidate = one("SELECT min(added_at) FROM candidates")
-            stalest_deal = one("SELECT min(updated_at) FROM deals")
-            reasons = dict(
-                self._read("SELECT reason, count(*) FROM rejections GROUP BY reason ORDER BY 1")
-            )
-            return {
-                "candidates_waiting": int(queued) - int(claimed),
-                "candidates_claimed": int(claimed),
-                "deals_live": int(one("SELECT count(*) FROM deals")),
-                "deals_claimed": int(
-                    one(
-                        "SELECT count(*) FROM deals WHERE claim_owner IS NOT NULL "
-                        "AND claim_expires > ?",
-                        (now,),
-                    )
-                ),
-                "deals_committed": int(self.get_state("deals_committed", 0)),
-                "deals_refreshed": int(self.get_state("deals_refreshed", 0)),
-                "deals_dropped": int(self.get_state("deals_dropped", 0)),
-                "rejections": int(sum(reasons.values())),
-                "rejections_by_reason": {str(k): int(v) for k, v in reasons.items()},
-                "asins_seen": int(one("SELECT count(*) FROM seen")),
-                "oldest_candidate_age_s": _age(now, oldest_candidate),
-                "stalest_deal_age_s": _age(now, stalest_deal),
-            }
-
-    # --- deal queries (issue 19): which query found what -----------------------------------
-
-    def queries_of(self, table: str, domain: int, asins: Sequence[str]) -> dict[str, str]:
-        """The ``query`` of each ASIN in ``candidates`` or ``deals`` ('' when none)."""
-        if table not in ("candidates", "deals"):
-            raise ValueError(f"no query column in table {table!r}")
-        if not asins:
-            return {}
-        rows = self._read(
-            f"SELECT asin, query FROM {table} WHERE domain = ? AND asin IN ({_marks(asins)})",
-            (domain, *asins),
-        )
-        return {str(a): str(q or "") for a, q in rows}
-
-    def pipeline_domains(self, now: float) -> list[int]:
-        """Domains with claimable candidates or deals, most waiting candidates first."""
-        rows = self._read(
-            "SELECT domain, sum(n) FROM (SELECT domain, count(*) AS n FROM candidates WHERE "
-            "claim_owner IS NULL OR claim_expires <= ? GROUP BY domain UNION ALL "
-            "SELECT domain, 0 FROM deals GROUP BY domain) GROUP BY domain ORDER BY 2 DESC, 1",
-            (now,),
-        )
-        return [int(r[0]) for r in rows]
-
-    def query_totals(self) -> dict[str, dict[str, int]]:
-        """Per query: ``deals_live`` and ``candidates_queued`` (waiting or claimed)."""
-        out: dict[str, dict[str, int]] = {}
-        for table, key in (("deals", "deals_live"), ("candidates", "candidates_queued")):
-            for name, n in self._read(f"SELECT query, count(*) FROM {table} GROUP BY query"):
-                out.setdefault(str(name or ""), {})[key] = int(n)
-        return out
-
     def add_query_counter(self, query: str, name: str, n: int, now: float) -> None:
         """Add ``n`` to the counter ``query:<query>:<name>`` (tokens, deals found, ...)."""
         if n:
             with self.transaction():
                 self._add_counter(f"query:{query}:{name}", n, now)
-
-    def integrity_check(self) -> str:
-        """``ok``, or what is wrong: SQLite's own check of the file, then the pipeline's rule
-        that an ASIN is in at most one of candidates/deals/rejections."""
-        rows = self._read("PRAGMA integrity_check")
-        found = "; ".join(str(r[0]) for r in rows)
-        return found if found != "ok" else self._one_table_check()
-
-    def _one_table_check(self) -> str:
-        problems = []
-        for a, b in (
-            ("candidates", "deals"),
-            ("candidates", "rejections"),
-            ("deals", "rejections"),
-        ):
-            n = self._read(
-                f"SELECT count(*) FROM {a} x JOIN {b} y ON x.domain = y.domain AND x.asin = y.asin"
-            )[0][0]
-            if n:
-                problems.append(f"{n} ASINs both in {a} and {b}")
-        return "; ".join(problems) or "ok"
 
     # --- backend hooks (the PostgreSQL backend overrides these) -----------------------------
 
@@ -767,11 +467,3 @@ class Storage:
     def _lock_asins(self, domain: int, asins: Sequence[str]) -> None:
         """Serialize writers of the same ASINs. A no-op on SQLite: ``BEGIN IMMEDIATE`` already
         lets one writer at a time in."""
-
-
-def _marks(items: Sequence[Any]) -> str:
-    return ", ".join("?" * len(items))
-
-
-def _age(now: float, then: Any) -> float | None:
-    return None if then is None else round(max(0.0, now - float(then)), 3)

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from common.costs import DEAL_PAGE_COST, LIGHT_COST_PER_PRODUCT, offers_bound_per_product
 from common.keepa import MAX_ASINS_PER_CALL
 
-# Extras per product (KEEPA_API.md: buybox +2, rating up to +1). Keepa documents stock as an
+# Extras per product (docs/KEEPA.md: buybox +2, rating up to +1). Keepa documents stock as an
 # extra too; its price is taken as 2 per product, erring high.
 RATING_COST = 1
 BUYBOX_COST = 2

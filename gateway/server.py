@@ -43,10 +43,10 @@ from typing import Any
 
 import requests
 
-from broker.status_cli import fetch_status
 from common.config import Settings
 from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout
 from common.keepa import TokenEnvelope, _refused
+from common.status_client import fetch_status
 from gateway import pricing
 from gateway.clients import CLIENT_HEADER, Client, ClientStore, Unauthorized
 from gateway.links import ClientGone, ClientLink, Held

@@ -59,7 +59,7 @@ MINMAX_SAMPLES = 24  # samples of the stats interval (minInInterval, maxInInterv
 ALL_TIME_SAMPLES = 48  # samples since trackingSince (min, max: all-time)
 PROFILE_CACHE = 65_536
 
-# Price types (csv and stats indices, docs/KEEPA.md).
+# Price types (csv and stats indices, docs/KEEPA.md "Data conventions").
 AMAZON = 0
 NEW = 1
 USED = 2

@@ -2,7 +2,7 @@
 
 A value that is not what the parameter takes (not a number, a bad list, a missing field) is
 400 REQUEST_REJECTED; a well-formed value outside the allowed range is 405
-METHOD_NOT_ALLOWED (docs/KEEPA.md).
+METHOD_NOT_ALLOWED (docs/KEEPA.md, "Errors").
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ ERROR_TYPES = {
     503: "SERVICE_UNAVAILABLE",
 }
 
-# Keepa's Amazon locales (docs/KEEPA.md).
+# Keepa's Amazon locales (docs/KEEPA.md, "Data conventions").
 DOMAINS = frozenset({1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12})
 
 

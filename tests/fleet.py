@@ -1,6 +1,8 @@
 """A whole fleet of real processes for end-to-end and fault tests: the simulator, the
-broker and workers, each a `keepa-fleet` subprocess on random ports, configured through
-the environment exactly as supervisord would. ``check_invariants`` states what must hold
+broker and workers, each a `keepa-fleet` subprocess, configured through the environment
+exactly as supervisord would. The simulator and the broker bind port 0 and the fleet reads
+the address each got from its log; a restarted broker binds the address its workers know,
+retried if another process took the port meanwhile. ``check_invariants`` states what must hold
 after any run or fault."""
 
 from __future__ import annotations
@@ -13,7 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from support import Processes, fleet_command, free_port, wait_until
+from support import (
+    BROKER_ADDRESS_LOGGED,
+    EXIT_CANNOT_BIND,
+    SIM_URL_LOGGED,
+    BindRace,
+    Processes,
+    fleet_command,
+    logged,
+    retry_bind_race,
+    unused_port,
+    wait_until,
+)
 
 from broker.status_cli import fetch_status
 from common.config import SIM_DEMO_KEY, BrokerSettings
@@ -60,11 +73,12 @@ class Fleet:
     ) -> None:
         self.processes = processes
         self.tmp = tmp_path
-        self.sim_port = free_port()
-        self.broker_address = f"tcp://127.0.0.1:{free_port()}"
+        # Known once each has started (it binds port 0 and logs what it got).
+        self.sim_port = 0
+        self.sim_url = ""
+        self.broker_address = ""
         self.db = tmp_path / "fleet.db"
         self.key = key
-        self.sim_url = f"http://127.0.0.1:{self.sim_port}"
         self.refill_rate = refill_rate
         self.refill_period_s = refill_period_s
         self.tokens = tokens
@@ -72,8 +86,6 @@ class Fleet:
         self.offer_fail_rate = offer_fail_rate
         self.env = {
             **FAST_ENV,
-            "FLEET_BROKER": self.broker_address,
-            "KEEPA_BASE_URL": self.sim_url,
             "KEEPA_REFILL_PERIOD_S": str(refill_period_s),
             "FLEET_DB": str(self.db),
             "FLEET_LOG_LEVEL": "INFO",
@@ -90,6 +102,15 @@ class Fleet:
         self.consumed_base: int | None = None
 
     # --- processes ----------------------------------------------------------------------
+
+    def reserve_sim_port(self) -> None:
+        """Keepa's address before the simulator runs (a broker started while Keepa is down):
+        the simulator binds it when started. Losing the port in between is a race nobody
+        else on this loopback provokes; the start then fails loudly (it is not retried: the
+        broker already knows the address)."""
+        self.sim_port = unused_port()
+        self.sim_url = f"http://127.0.0.1:{self.sim_port}"
+        self.env["KEEPA_BASE_URL"] = self.sim_url
 
     def start_sim(self) -> None:
         argv = fleet_command(
@@ -114,7 +135,13 @@ class Fleet:
             argv += ["--tokens", str(self.tokens)]
         if self.offer_fail_rate:
             argv += ["--offer-fail-rate", str(self.offer_fail_rate)]
-        self.processes.start("sim", argv, env=self.env)
+        # The simulator says where it listens at INFO (a level above hides it: logged() fails).
+        proc = self.processes.start("sim", argv, env=self.env)
+        url = logged(self.processes, "sim", proc, SIM_URL_LOGGED)
+        assert not self.sim_port or url == self.sim_url, (url, self.sim_url)
+        self.sim_url = url
+        self.sim_port = int(self.sim_url.rsplit(":", 1)[1])
+        self.env["KEEPA_BASE_URL"] = self.sim_url
         wait_until(
             lambda: requests.get(f"{self.sim_url}/token", params={"key": self.key}, timeout=2).ok,
             20,
@@ -125,11 +152,20 @@ class Fleet:
     def start_broker(
         self, name: str = "broker", env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        self.broker = self.processes.start(
-            name,
-            fleet_command("broker", "--bind", self.broker_address),
-            env={**self.env, **(env or {})},
-        )
+        """The broker: the first on port 0 (its address read from its log), a restarted one
+        on the address the workers know (started again if that port was taken meanwhile)."""
+        assert self.sim_url, "start the simulator first: the broker asks it for /token"
+        if not self.broker_address:
+            proc = self.processes.start(
+                name,
+                fleet_command("broker", "--bind", "tcp://127.0.0.1:0"),
+                env={**self.env, **(env or {})},
+            )
+            self.broker_address = logged(self.processes, name, proc, BROKER_ADDRESS_LOGGED)
+            self.env["FLEET_BROKER"] = self.broker_address
+            self.broker = proc
+        else:
+            self.broker = retry_bind_race(lambda: self._restart_broker(name, env))
         wait_until(
             lambda: self.status() is not None,
             20,
@@ -137,6 +173,23 @@ class Fleet:
             message=lambda: f"broker answering; log:\n{self.processes.log(name)}",
         )
         return self.broker
+
+    def _restart_broker(self, name: str, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+        proc = self.processes.start(
+            name,
+            fleet_command("broker", "--bind", self.broker_address),
+            env={**self.env, **(env or {})},
+        )
+
+        def bound_or_refused() -> bool:
+            if proc.poll() is not None:
+                return True
+            return self.status() is not None
+
+        wait_until(bound_or_refused, 20, interval=0.1, message=f"{name} answering")
+        if proc.returncode == EXIT_CANNOT_BIND and "cannot bind" in self.processes.log(name):
+            raise BindRace(f"{self.broker_address} taken before {name} bound it")
+        return proc
 
     def start_worker(
         self,
@@ -243,6 +296,15 @@ class Fleet:
         the database does not exist yet)."""
         rows = self.query(UNACCOUNTED_SQL)
         return int(rows[0][0]) if rows else 0
+
+    def table_counts(self) -> tuple[int, int, int, int]:
+        """Rows in (seen, deals, rejections, candidates): with nothing unaccounted, seen
+        equals the sum of the other three exactly when no ASIN is in two of them."""
+        row = self.query(
+            "select (select count(*) from seen), (select count(*) from deals), "
+            "(select count(*) from rejections), (select count(*) from candidates)"
+        )[0]
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
     def done(self) -> int:
         """Pipeline items finished so far: deals plus rejections."""

@@ -1,4 +1,4 @@
-"""Helpers shared by every test tier: free ports, waiting on conditions, owned subprocesses.
+"""Helpers shared by every test tier: ports, waiting on conditions, owned subprocesses.
 
 Nothing here sleeps in place of a condition: ``wait_until`` polls a predicate until a deadline
 and fails with a message when the deadline passes.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,12 +18,85 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import zmq
+
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+# How a child that bound port 0 reports what it got, in its log (INFO).
+SIM_URL_LOGGED = r"simulated Keepa API on (http://[^\s:]+:\d+)"
+BROKER_ADDRESS_LOGGED = r"broker \S+ listening on (tcp://\S+:\d+)"
+METRICS_PORT_LOGGED = r"Prometheus metrics on http://[^\s:]+:(\d+)/"
+# A broker whose bind failed exits with this (broker.cli EXIT_CANNOT_BIND).
+EXIT_CANNOT_BIND = 1
+
+
+class ChildExited(AssertionError):
+    """A child process ended before it reported what the test waits for."""
+
+
+def logged(
+    processes: Processes,
+    name: str,
+    proc: subprocess.Popen[bytes],
+    pattern: str,
+    timeout: float = 30.0,
+) -> str:
+    """The first group of ``pattern`` in child ``name``'s log, as soon as it appears: how a
+    server started on port 0 tells the test the port it bound (no port picked beforehand).
+    Fails at once if the child exits first, and after ``timeout`` seconds."""
+    rx = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while True:
+        found = rx.search(processes.log(name))
+        if found:
+            return found.group(1)
+        if proc.poll() is not None:
+            found = rx.search(processes.log(name))  # it may have written it, then exited
+            if found:
+                return found.group(1)
+            raise ChildExited(
+                f"{name} exited ({proc.returncode}) before logging /{pattern}/:\n"
+                f"{processes.log(name)[-3000:]}"
+            )
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"{name} logged no /{pattern}/ within {timeout}s:\n{processes.log(name)[-3000:]}"
+            )
+        time.sleep(0.02)
+
+
+def retry_bind_race(start: Callable[[], T], *, attempts: int = 5) -> T:
+    """``start()`` again when it fails with ``BindRace``: for a server that must be told its
+    port in advance (a broker restarted on the address its workers know, a metrics port that
+    cannot be 0). The port is released by the test only so the child can bind it; losing it
+    to another process in between is a race, and this handles it by starting again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except BindRace:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+class BindRace(AssertionError):
+    """The port a test chose was taken by someone else before its server bound it."""
+
+
+def bind_any_port(sock: Any, host: str = "127.0.0.1") -> str:
+    """Bind a ZeroMQ socket to any free port of ``host`` (``tcp://HOST:*``) and return the
+    address it got."""
+    sock.bind(f"tcp://{host}:*")
+    endpoint = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
+
+
+def unused_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listened on a moment ago. Only for a server that cannot
+    bind port 0 and report its port: start it through ``retry_bind_race`` (which handles the
+    port being taken in between); a test that needs a closed port uses ``refused_port()``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

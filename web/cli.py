@@ -76,7 +76,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 def build_config(args: argparse.Namespace) -> tuple[WebConfig, str, int]:
     """The app's configuration from the flags and settings; refuses what it cannot honour."""
-    from broker.status_cli import fetch_status
+    from common.status_client import fetch_status
     from web.actions import Actions, SupervisordRpc, check_token_setting
     from web.app import WebConfig
     from web.fleet import STATUS_TIMEOUT_S, FleetMonitor

@@ -1,5 +1,5 @@
 """The fleet panel's data: the broker's status snapshot (the same dict ``keepa-fleet status
---json`` prints, fetched with ``broker.status_cli.fetch_status``), sampled on a thread into a
+--json`` prints, fetched with ``common.status_client.fetch_status``), sampled on a thread into a
 short history of token figures, and the health problems read off it.
 
 The dashboard reads the JSON dict only (key by key, each with a default), so a broker that

@@ -7,36 +7,9 @@ and the reply). The link thread sends HELLO, heartbeats every ``heartbeat_s`` (e
 the work loop is stuck in an HTTP call), carrying the ``WorkState`` that only the work loop
 changes, watches the broker's liveness and reconnects.
 
-Messages it handles (from the broker), one ``handle_<message>`` each:
+The messages from the broker and what the link does with each: ``workers/link_handlers.py``.
 
-==============  ============================================================================
-message         what the link does
-==============  ============================================================================
-``WELCOME``     READY: takes the broker's timing settings and ``max_cost``; sends the
-                settles kept while no broker was connected
-``HEARTBEAT``   liveness only (its ``info["max_cost"]`` updates ``max_cost``)
-``GRANT``       wakes the waiting ``call``; a grant nobody waits for is settled "not_sent"
-``REJECT``      wakes the waiting ``call``; updates ``max_cost``
-``KILL``        only while READY (the broker that welcomed this connection): logs the
-                reason, best-effort BYE, then ``on_kill`` (the runtime exits); any other
-                KILL is ignored, logged and counted (``kills_ignored``)
-``DISCONNECT``  the broker does not know this worker: waits end, HELLO again at once
-``ERROR``       logged; during the handshake it counts as a failed connection
-==============  ============================================================================
-
-Anything else from the socket is logged and ignored.
-
-Link states (``state``)::
-
-    DISCONNECTED -> CONNECTING   the reconnect time came: new socket, HELLO sent
-    CONNECTING -> READY          WELCOME received
-    READY -> CONNECTING          DISCONNECT received: HELLO again on the same socket
-    CONNECTING|READY -> DISCONNECTED   nothing heard from the broker for liveness x
-                                 heartbeat (or ERROR during the handshake): socket closed,
-                                 waits end with BrokerUnavailable, reconnect after a
-                                 capped exponential backoff with jitter
-    any -> CLOSED                ``close()`` (queued settles and BYE flushed)
-    READY -> CLOSED              KILL (a KILL in any other state is ignored)
+Link states: the table ``LINK`` in ``workers/link_state.py``.
 
 Only the broker may tell a worker to die. The DEALER connects out to one address and binds
 nothing, so only whatever answers at that address can send to it; with CURVE the worker
@@ -53,7 +26,6 @@ there then; one that cannot be kept or sent is logged, never dropped silently.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import importlib.metadata
 import logging
@@ -70,23 +42,32 @@ import zmq
 from common import procinfo, protocol
 from common.curve import setup_client
 from common.errors import BrokerUnavailable, ConfigError, ProtocolError
+from common.lifecycle import transition
+from workers.link_handlers import HANDLERS, LinkHandlers
+from workers.link_state import (
+    CLOSED,
+    CONNECTING,
+    DISCONNECTED,
+    LINK,
+    READY,
+    RECONNECT_JITTER,
+    RECONNECT_MIN_S,
+    Backoff,
+    Waiter,
+    WorkState,
+    _Close,
+    _Outgoing,
+)
+
+__all__ = ["LINK", "RECONNECT_JITTER", "RECONNECT_MIN_S", "BrokerLink", "Waiter", "WorkState"]
 
 log = logging.getLogger(__name__)
 # A spare figure older than this many heartbeats is not acted on (the broker is quiet).
 SPARE_FRESH_HEARTBEATS = 3
 
-# Link states.
-DISCONNECTED = "disconnected"
-CONNECTING = "connecting"
-READY = "ready"
-CLOSED = "closed"
-
-RECONNECT_MIN_S = 0.1  # first reconnect delay; doubles up to worker.reconnect_max_s
-RECONNECT_JITTER = 0.5  # a delay is drawn from [(1 - JITTER) x backoff, backoff]
 MAX_POLL_S = 0.5  # safety cap of the poll timeout
 MAX_RECV_PER_TURN = 200  # messages handled per turn before housekeeping runs
 FLUSH_LINGER_MS = 2000  # close(): how long queued SETTLEs and BYE get to leave
-KILL_LINGER_MS = 500  # KILL: how long the best-effort BYE gets
 MAX_SETTLE_BACKLOG = 256  # settles kept while no broker is connected
 MAX_INFO_BYTES = 16 * 1024  # a heartbeat whose info is larger is sent without it
 JOIN_SLACK_S = 2.0  # close(): extra time to join the thread after the flush
@@ -96,115 +77,8 @@ try:
 except importlib.metadata.PackageNotFoundError:  # running from a bare checkout
     VERSION = "0.0.0"
 
-HANDLERS: dict[str, str] = {
-    protocol.Welcome.TYPE: "handle_welcome",
-    protocol.Heartbeat.TYPE: "handle_heartbeat",
-    protocol.Grant.TYPE: "handle_grant",
-    protocol.Reject.TYPE: "handle_reject",
-    protocol.Kill.TYPE: "handle_kill",
-    protocol.Disconnect.TYPE: "handle_disconnect",
-    protocol.Error.TYPE: "handle_error",
-}
 
-
-class WorkState:
-    """What the heartbeats carry. Changed only by the work loop, read by the link thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.progress = 0
-        self.waiting = False
-        self.stage = ""
-        self.items_done = 0
-        self.info: dict[str, Any] = {}
-        self.storage: dict[str, Any] = {}  # issue 12: workers.storage_gate's report
-
-    def set_storage(self, storage: dict[str, Any]) -> None:
-        with self._lock:
-            self.storage = dict(storage)
-
-    def advance(self, stage: str, items: int = 0) -> None:
-        with self._lock:
-            self.progress += 1
-            self.stage = stage
-            self.items_done += max(0, int(items))
-
-    def set_stage(self, stage: str) -> None:
-        with self._lock:
-            self.stage = stage
-
-    def set_waiting(self, waiting: bool) -> None:
-        with self._lock:
-            self.waiting = waiting
-
-    def report(self, info: dict[str, Any]) -> None:
-        """Keys given replace the same keys of the last report; the others stay. Copied:
-        the caller may change its dict afterwards."""
-        info = copy.deepcopy(info)
-        with self._lock:
-            self.info = {**self.info, **info}
-
-    def heartbeat(self) -> protocol.Heartbeat:
-        with self._lock:
-            return protocol.Heartbeat(
-                progress=self.progress,
-                waiting=self.waiting,
-                stage=self.stage,
-                items_done=self.items_done,
-                info=dict(self.info),
-                storage=dict(self.storage),
-            )
-
-
-@dataclasses.dataclass
-class Waiter:
-    """One outstanding REQUEST: the link thread fills in the outcome and sets ``done``."""
-
-    seq: int
-    done: threading.Event = dataclasses.field(default_factory=threading.Event)
-    reply: protocol.Grant | protocol.Reject | None = None
-    gone: str = ""  # why the wait ended without a reply (broker gone, DISCONNECT, ...)
-    session: int = 0  # the link session the reply came in
-
-    def resolve(self, reply: protocol.Grant | protocol.Reject, session: int) -> None:
-        self.reply, self.session = reply, session
-        self.done.set()
-
-    def fail(self, reason: str) -> None:
-        self.gone = reason
-        self.done.set()
-
-
-class Backoff:
-    """Reconnect delays: start at ``RECONNECT_MIN_S``, double up to ``cap_s``, with jitter
-    (each delay drawn from [(1 - RECONNECT_JITTER) x backoff, backoff])."""
-
-    def __init__(self, cap_s: float, rng: random.Random | None = None) -> None:
-        self.cap_s = max(cap_s, RECONNECT_MIN_S)
-        self._rng = rng or random.Random()
-        self._backoff_s = RECONNECT_MIN_S
-
-    def next_delay(self) -> float:
-        delay = self._backoff_s * self._rng.uniform(1.0 - RECONNECT_JITTER, 1.0)
-        self._backoff_s = min(self._backoff_s * 2, self.cap_s)
-        return delay
-
-    def reset(self) -> None:
-        self._backoff_s = RECONNECT_MIN_S
-
-
-@dataclasses.dataclass(frozen=True)
-class _Outgoing:
-    message: protocol.Message
-    session: int = 0  # for a SETTLE: the session its permit was granted in
-
-
-@dataclasses.dataclass(frozen=True)
-class _Close:
-    bye_reason: str | None
-
-
-class BrokerLink:
+class BrokerLink(LinkHandlers):
     """The socket thread. Start it with ``start()``; end it with ``close(bye_reason)``."""
 
     def __init__(
@@ -390,7 +264,7 @@ class BrokerLink:
             return
         self._sock = sock
         self._poller.register(sock, zmq.POLLIN)
-        self.state = CONNECTING
+        self._to(CONNECTING)
         self._last_heard = now
         self._send_hello(now)
 
@@ -554,7 +428,7 @@ class BrokerLink:
         self._reconnect_at = now + delay
         log.warning("broker %s gone (%s): reconnecting in %.2f s", self.address, reason, delay)
         self._close_socket()
-        self.state = DISCONNECTED
+        self._to(DISCONNECTED)
         self._not_ready(f"broker gone: {reason}")
 
     def _not_ready(self, reason: str) -> None:
@@ -585,10 +459,13 @@ class BrokerLink:
             self._settle_backlog.clear()
         self._set_closed("the broker link is closed", FLUSH_LINGER_MS)
 
+    def _to(self, state: str) -> None:
+        transition(LINK, self, state, logger=log, subject=self.worker_id)
+
     def _set_closed(self, reason: str, linger_ms: int = 0) -> None:
         # any -> CLOSED: the socket closed (``linger_ms`` for what is queued), waits ended
         self._close_socket(linger_ms)
-        self.state = CLOSED
+        self._to(CLOSED)
         self._closed.set()
         self._not_ready(reason)
 
@@ -601,98 +478,6 @@ class BrokerLink:
         self._wake_w.close()
         if not self._ctx.closed:
             self._ctx.term()  # waits at most the linger of the socket closed last
-
-    # --- handlers -------------------------------------------------------------------------
-
-    def handle_welcome(self, msg: protocol.Welcome, now: float) -> None:
-        new_session = self.state != READY  # a second WELCOME (two HELLOs crossed) is the same
-        # CONNECTING -> READY
-        self.heartbeat_s = msg.heartbeat_s if msg.heartbeat_s > 0 else self.heartbeat_s
-        self.liveness = msg.liveness if msg.liveness > 0 else self.liveness
-        self.lease_ttl_s = msg.lease_ttl_s
-        self.broker_id = msg.broker_id
-        if msg.max_cost > 0:
-            self._max_cost = msg.max_cost
-        self.backoff.reset()
-        self.state = READY
-        self._next_heartbeat = now + self.heartbeat_s
-        with self._lock:
-            self._session += 1 if new_session else 0
-            self._ready.set()
-        if not new_session:
-            return
-        log.info(
-            "connected to broker %s at %s (heartbeat %.2f s, liveness %d, max cost %d)",
-            msg.broker_id,
-            self.address,
-            self.heartbeat_s,
-            self.liveness,
-            self._max_cost,
-        )
-        self._flush_backlog(retry=False)
-
-    def handle_heartbeat(self, msg: protocol.Heartbeat, now: float) -> None:
-        value = msg.info.get("max_cost")
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            self._max_cost = value
-        spare = msg.info.get("spare")
-        if isinstance(spare, int) and not isinstance(spare, bool) and spare >= 0:
-            self._spare = (spare, now)
-
-    def handle_grant(self, msg: protocol.Grant, now: float) -> None:
-        with self._lock:
-            waiter = self._pending.pop(msg.seq, None)
-            session = self._session
-        if waiter is not None:
-            waiter.resolve(msg, session)
-            return
-        # Granted after its requester stopped waiting (deadline, stop, lost connection).
-        log.info("GRANT %s for seq %d nobody waits for: settled not_sent", msg.permit, msg.seq)
-        self._send_settle(_Outgoing(protocol.Settle(permit=msg.permit, status="not_sent"), session))
-
-    def handle_reject(self, msg: protocol.Reject, now: float) -> None:
-        if msg.max_cost > 0:
-            self._max_cost = msg.max_cost
-        with self._lock:
-            waiter = self._pending.pop(msg.seq, None)
-            session = self._session
-        if waiter is not None:
-            waiter.resolve(msg, session)
-        else:
-            log.debug("REJECT for seq %d nobody waits for (%s)", msg.seq, msg.reason)
-
-    def handle_kill(self, msg: protocol.Kill, now: float) -> None:
-        if self.state != READY:
-            # Nothing has welcomed this connection: not a broker this worker registered with.
-            self.kills_ignored += 1
-            log.warning(
-                "ignored KILL (%s) received while %s: only the broker that welcomed this "
-                "worker may tell it to die",
-                msg.reason[:200],
-                self.state,
-            )
-            return
-        # READY -> CLOSED, then the process exits
-        log.critical("KILL from the broker (%s): exiting now", msg.reason[:200])
-        self._send(protocol.Bye(reason=f"killed: {msg.reason}"[:200]))
-        self._set_closed(f"killed by the broker: {msg.reason}", KILL_LINGER_MS)
-        with contextlib.suppress(zmq.ZMQError):
-            self._ctx.term()  # lets the BYE leave (at most KILL_LINGER_MS)
-        self._flush_logs()
-        if self.on_kill is not None:
-            self.on_kill(msg.reason)
-
-    def handle_disconnect(self, msg: protocol.Disconnect, now: float) -> None:
-        # READY|CONNECTING -> CONNECTING
-        log.info("DISCONNECT from the broker (%s): HELLO again", msg.reason[:200])
-        self.state = CONNECTING
-        self._not_ready(f"the broker does not know this worker: {msg.reason}")
-        self._send_hello(now)
-
-    def handle_error(self, msg: protocol.Error, now: float) -> None:
-        log.warning("ERROR from the broker: %s %s", msg.code, msg.detail[:200])
-        if self.state == CONNECTING:
-            self._gone(now, f"HELLO refused: {msg.code}")
 
     @staticmethod
     def _flush_logs() -> None:

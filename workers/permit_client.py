@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from common import protocol
+from common import defaults, protocol
 from common.errors import (
     BrokerUnavailable,
     KeepaBadResponse,
@@ -48,11 +48,12 @@ from common.errors import (
     PermitTimeout,
 )
 from common.keepa import KeepaResponse
+from common.protocol import RejectReason, SettleStatus
 from workers.link import BrokerLink, Waiter
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GRANT_WAIT_S = 600.0  # settings.worker.grant_wait_s overrides it
+DEFAULT_GRANT_WAIT_S = defaults.GRANT_WAIT_S  # the default of settings.worker.grant_wait_s
 STOP_CHECK_S = 0.1  # while waiting for a grant, how often the stop flag is looked at
 
 
@@ -104,16 +105,16 @@ def settle_status(exc: BaseException) -> tuple[str, dict[str, Any] | None, int |
     wire = _wire(envelope)
     http_status = getattr(exc, "status", None) if isinstance(exc, KeepaError) else None
     if getattr(exc, "sent", True) is False:
-        return "not_sent", wire, http_status
+        return SettleStatus.NOT_SENT, wire, http_status
     if isinstance(exc, KeepaTimeout):
-        return "timeout", wire, http_status
+        return SettleStatus.TIMEOUT, wire, http_status
     if isinstance(exc, KeepaConnectionError):
-        return "connection_error", wire, http_status
+        return SettleStatus.CONNECTION_ERROR, wire, http_status
     if isinstance(exc, KeepaBadResponse):
-        return "error", wire, http_status
+        return SettleStatus.ERROR, wire, http_status
     if isinstance(exc, KeepaError) and http_status is not None:
-        return "http_error", wire, http_status
-    return "error", wire, http_status
+        return SettleStatus.HTTP_ERROR, wire, http_status
+    return SettleStatus.ERROR, wire, http_status
 
 
 def _wire(envelope: Any) -> dict[str, Any] | None:
@@ -217,7 +218,7 @@ class BrokerPermitClient:
         if reply is None:
             raise BrokerUnavailable(waiter.gone or "the broker connection was lost")
         if isinstance(reply, protocol.Reject):
-            if reply.reason == "deadline":
+            if reply.reason == RejectReason.DEADLINE:
                 raise PermitTimeout(f"no grant of {cost} tokens within {wait_s:g} s (broker)")
             raise PermitRejected(reply.reason, reply.max_cost or self.link.max_cost)
         return reply  # (a grant that crossed the cancel is used: it arrived)
@@ -234,7 +235,9 @@ class BrokerPermitClient:
             self._check_lease(grant, started)
             raise
         envelope = getattr(resp, "envelope", None)
-        self._settle(grant.permit, "ok", _wire(envelope), getattr(resp, "status", None), session)
+        self._settle(
+            grant.permit, SettleStatus.OK, _wire(envelope), getattr(resp, "status", None), session
+        )
         self._check_lease(grant, started)
         return resp
 

@@ -70,12 +70,12 @@ def test_peer_redirect_changes_only_the_host(monkeypatch: pytest.MonkeyPatch) ->
         return "answer"
 
     monkeypatch.setattr(requests, "get", fake_get)
-    redirect_keepa_http("http://127.0.0.1:9/")
+    redirect_keepa_http("http://127.0.0.1:8080/")
     params = {"key": "k", "asin": "B000000001"}
     assert requests.get(f"{KEEPA_ORIGIN}/product/?", params, timeout=3) == "answer"
     assert requests.get("http://elsewhere/x") == "answer"
     assert seen == [
-        ("http://127.0.0.1:9/product/?", (params,), {"timeout": 3}),
+        ("http://127.0.0.1:8080/product/?", (params,), {"timeout": 3}),
         ("http://elsewhere/x", (), {}),
     ]
 

@@ -37,7 +37,7 @@ def obs(
 
 @dataclasses.dataclass
 class KeepaAccount:
-    """Keepa's token bucket as KEEPA_API.md states it, on an integer millisecond clock."""
+    """Keepa's token bucket as docs/KEEPA.md states it, on an integer millisecond clock."""
 
     rate: int
     period_ms: int

@@ -13,7 +13,8 @@ from broker.health import FleetHealth
 from broker.keepa_state import KeepaState
 from broker.ledger import Ledger
 from broker.permits import PermitBook
-from broker.status_cli import format_status, health_line, health_lines, problems_of
+from broker.status_cli import format_status
+from common.health_view import health_line, health_lines, problems_of
 
 
 def test_402_on_token_is_no_access_until_token_answers_again() -> None:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import zmq
-from broker_net.net_support import FakeKeepa, Peer, broker_settings, status
+from broker_net.net_support import FakeKeepa, broker_settings, status
+from doubles import Peer
 from support import wait_until
 
 from broker.server import Broker, running_broker

@@ -7,10 +7,7 @@ import threading
 import time
 from typing import Any
 
-import zmq
-
 from broker.status_cli import fetch_status
-from common import protocol
 from common.config import Settings, load_settings
 from common.errors import KeepaServerError
 from common.keepa import KeepaResponse, TokenEnvelope
@@ -67,49 +64,6 @@ class FakeKeepa:
                 self.fail -= 1
                 raise KeepaServerError("/token: HTTP 500", status=500)
             return KeepaResponse(200, self.envelope(), {}, 0.0)
-
-
-class Peer:
-    """One DEALER speaking the protocol to the broker."""
-
-    def __init__(self, ctx: zmq.Context[Any], address: str, identity: bytes | None = None):
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        self.sock.sndtimeo = int(RECV_TIMEOUT_S * 1000)
-        if identity is not None:
-            self.sock.setsockopt(zmq.IDENTITY, identity)
-        self.sock.connect(address)
-
-    def send(self, msg: protocol.Message) -> None:
-        self.sock.send(msg.encode())
-
-    def send_raw(self, *frames: bytes) -> None:
-        self.sock.send_multipart(list(frames))
-
-    def recv(
-        self, timeout: float = RECV_TIMEOUT_S, *, heartbeats: bool = False
-    ) -> protocol.Message:
-        """The next message (broker heartbeats skipped unless asked for)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
-                raise AssertionError(f"no message from the broker within {timeout} s")
-            msg = protocol.decode(self.sock.recv(), max_bytes=protocol.MAX_REPLY_BYTES)
-            if heartbeats or not isinstance(msg, protocol.Heartbeat):
-                return msg
-
-    def expect(self, cls: type[Any], timeout: float = RECV_TIMEOUT_S) -> Any:
-        msg = self.recv(timeout, heartbeats=cls is protocol.Heartbeat)
-        assert isinstance(msg, cls), f"expected {cls.TYPE}, got {msg!r}"
-        return msg
-
-    def hello(self, worker_id: str = "w1", *, host: str = "elsewhere", pid: int = 4242) -> Any:
-        self.send(protocol.Hello(worker_id, pid, host, 1, "test", "test"))
-        return self.expect(protocol.Welcome)
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
 
 
 def status(address: str) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
-from broker_net.net_support import FakeKeepa, Peer, broker_settings, status
+from broker_net.net_support import FakeKeepa, broker_settings, status
+from doubles import Peer
 from support import wait_until
 
 from broker.server import MAX_TRANSPORT_BYTES, Broker

@@ -8,23 +8,49 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 
-from support import ROOT, Processes, fleet_command, free_port, wait_until
+import pytest
+from support import (
+    BROKER_ADDRESS_LOGGED,
+    ROOT,
+    Processes,
+    fleet_command,
+    logged,
+    refused_port,
+    wait_until,
+)
 
 from broker.status_cli import fetch_status
 
 
-def clean_env(**extra: str) -> dict[str, str]:
+@pytest.fixture
+def keepa_down() -> Iterator[int]:
+    """A port that refuses connections for the whole test: Keepa is down."""
+    with refused_port() as port:
+        yield port
+
+
+def clean_env(keepa_port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "KEEPA_"))}
-    # Keepa is a port nobody listens on: every /token fails (and is retried with backoff).
-    env["KEEPA_BASE_URL"] = f"http://127.0.0.1:{free_port()}"
+    # Keepa refuses connections: every /token fails (and is retried with backoff).
+    env["KEEPA_BASE_URL"] = f"http://127.0.0.1:{keepa_port}"
+    env["FLEET_LOG_LEVEL"] = "INFO"  # the bound address is logged at INFO
     env.update(extra)
     return env
 
 
-def test_broker_process_serves_and_drains_on_sigterm(processes: Processes) -> None:
-    address = f"tcp://127.0.0.1:{free_port()}"
-    proc = processes.start("broker", fleet_command("broker", "--bind", address), env=clean_env())
+def start_broker(processes: Processes, name: str, keepa_port: int) -> str:
+    """A broker process on port 0; the address it bound, read from its log."""
+    proc = processes.start(
+        name, fleet_command("broker", "--bind", "tcp://127.0.0.1:0"), env=clean_env(keepa_port)
+    )
+    return logged(processes, name, proc, BROKER_ADDRESS_LOGGED)
+
+
+def test_broker_process_serves_and_drains_on_sigterm(processes: Processes, keepa_down: int) -> None:
+    address = start_broker(processes, "broker", keepa_down)
+    proc = processes.procs[-1][1]
     state = wait_until(
         lambda: fetch_status(address, timeout=1.0),
         20,
@@ -44,10 +70,10 @@ def test_broker_process_serves_and_drains_on_sigterm(processes: Processes) -> No
     assert "Traceback" not in log
 
 
-def test_a_bad_setting_exits_78_naming_it() -> None:
+def test_a_bad_setting_exits_78_naming_it(keepa_down: int) -> None:
     proc = subprocess.run(
-        fleet_command("broker", "--bind", f"tcp://127.0.0.1:{free_port()}"),
-        env=clean_env(FLEET_BROKER_LIVENESS="1"),
+        fleet_command("broker", "--bind", "tcp://127.0.0.1:0"),
+        env=clean_env(keepa_down, FLEET_BROKER_LIVENESS="1"),
         capture_output=True,
         text=True,
         timeout=30,
@@ -57,14 +83,13 @@ def test_a_bad_setting_exits_78_naming_it() -> None:
     assert "broker.liveness" in proc.stderr
 
 
-def test_an_address_in_use_exits_1(processes: Processes) -> None:
-    address = f"tcp://127.0.0.1:{free_port()}"
-    processes.start("first", fleet_command("broker", "--bind", address), env=clean_env())
+def test_an_address_in_use_exits_1(processes: Processes, keepa_down: int) -> None:
+    address = start_broker(processes, "first", keepa_down)
     wait_until(lambda: fetch_status(address, timeout=1.0), 20, interval=0.1)
     started = time.monotonic()
     proc = subprocess.run(
         fleet_command("broker", "--bind", address),
-        env=clean_env(),
+        env=clean_env(keepa_down),
         capture_output=True,
         text=True,
         timeout=120,

@@ -6,20 +6,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from broker_net.net_support import FakeKeepa, Peer, broker_settings
+from broker_net.net_support import FakeKeepa, broker_settings
 from broker_net.test_metrics import scrape
-from support import free_port, wait_until
+from doubles import Peer
+from support import unused_port, wait_until
 
 from broker.server import Broker
-from broker.status_cli import fetch_status
 from common import protocol
 from common.errors import KeepaPaymentRequired
+from common.status_client import fetch_status
 
 
 def test_402_closes_the_book_names_the_state_and_reopens_by_itself(
     serve: Callable[..., Broker], peers: Callable[..., Peer], fake_keepa: FakeKeepa
 ) -> None:
-    port = free_port()
+    port = unused_port()
     broker = serve(broker_settings(broker__metrics_port=port, broker__recheck_max_s=0.5))
     peer = peers(broker.address)
     peer.hello("w1")
@@ -64,7 +65,7 @@ def test_402_closes_the_book_names_the_state_and_reopens_by_itself(
 def test_a_heartbeat_carries_the_storage_problem_into_status_and_metrics(
     serve: Callable[..., Broker], peers: Callable[..., Peer]
 ) -> None:
-    port = free_port()
+    port = unused_port()
     broker = serve(broker_settings(broker__metrics_port=port))
     peer = peers(broker.address)
     peer.hello("w1")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 
 import requests
-from broker_net.net_support import FakeKeepa, Peer, broker_settings
+from broker_net.net_support import FakeKeepa, broker_settings
+from doubles import Peer
 from prometheus_client.parser import text_string_to_metric_families
-from support import free_port, wait_until
+from support import BindRace, retry_bind_race, unused_port, wait_until
 
 from broker.server import Broker
 from common import protocol
@@ -26,8 +28,18 @@ def scrape(port: int) -> dict[str, float]:
 def test_metrics_follow_a_round_trip(
     serve: Callable[..., Broker], peers: Callable[..., Peer], fake_keepa: FakeKeepa
 ) -> None:
-    port = free_port()
-    broker = serve(broker_settings(broker__metrics_port=port))
+    def start() -> Broker:
+        # broker.metrics_port cannot be 0 (0 is off): a chosen port, started again if taken.
+        try:
+            return serve(broker_settings(broker__metrics_port=unused_port()))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise BindRace(str(exc)) from exc
+            raise
+
+    broker = retry_bind_race(start)
+    assert broker.metrics is not None
+    port = broker.metrics.port
     peer = peers(broker.address)
     peer.hello("w1")
     peer.send(protocol.Request(seq=1, cost=12))

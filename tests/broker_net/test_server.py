@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from broker_net.net_support import FakeKeepa, Peer, broker_settings, status, worker_status
+from broker_net.net_support import FakeKeepa, broker_settings, status, worker_status
+from doubles import Peer
 from support import wait_until
 
 from broker.server import HANDLERS, Broker
@@ -42,8 +43,8 @@ def test_heartbeats_both_ways(serve: Callable[..., Broker], peers: Callable[...,
     peer = peers(broker.address)
     peer.hello("w1")
     hb = peer.expect(protocol.Heartbeat)  # the broker heartbeats an idle worker
-    assert hb.info["max_cost"] == MAX_COST
-    assert hb.info["spare"] == 0  # 1000 + 20 at the next refill: below the cap, nothing lost
+    assert hb.max_cost == MAX_COST and "max_cost" not in hb.info  # a typed field since protocol 2
+    assert hb.spare == 0  # 1000 + 20 at the next refill: below the cap, nothing lost
     pipeline = {"candidates_waiting": 7, "deals_live": 3, "deals_committed": 2}
     peer.send(
         protocol.Heartbeat(
@@ -389,9 +390,9 @@ def test_heartbeats_tell_idle_workers_what_the_cap_would_drop(
     broker = serve()
     peer = peers(broker.address)
     peer.hello("w1")
-    assert peer.expect(protocol.Heartbeat).info["spare"] == 15
+    assert peer.expect(protocol.Heartbeat).spare == 15
     # A request waiting for tokens will use them: nothing is spare while one waits.
     peer.send(protocol.Request(seq=1, cost=MAX_COST))
     # (A heartbeat already on its way may predate the request: the next ones follow it.)
-    seen = [peer.expect(protocol.Heartbeat).info["spare"] for _ in range(3)]
+    seen = [peer.expect(protocol.Heartbeat).spare for _ in range(3)]
     assert seen[-1] == 0 and seen[1:] == [0, 0], seen

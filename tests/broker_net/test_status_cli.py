@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from broker_net.net_support import Peer
+from doubles import Peer
 from support import ROOT, Processes, fleet_command, silent_port, wait_until
 
 from broker import status_cli

@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from support import fleet_command, free_port
+from support import fleet_command, refused_port
 
 from sim.server import SimServer
 
@@ -82,9 +82,10 @@ def test_keepa_down_is_exit_2_and_spends_nothing(server: SimServer) -> None:
 
 
 def test_nothing_listening_is_exit_2() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    out = run_check(url, KEY, "--json")
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        out = run_check(url, KEY, "--json")
+        text = run_check(url, KEY)
     assert out.returncode == 2, out.stdout + out.stderr
     assert json.loads(out.stdout)["ok"] is False
-    text = run_check(url, KEY)
     assert text.returncode == 2 and "Keepa is unreachable" in text.stdout

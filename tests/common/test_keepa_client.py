@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from support import free_port
+from support import refused_port
 
 from common.errors import (
     KeepaBadResponse,
@@ -61,7 +61,7 @@ class Scripted:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
@@ -173,8 +173,8 @@ def test_read_timeout_is_a_timeout_that_may_have_been_sent(server: Scripted) -> 
 
 
 def test_refused_connection_was_not_sent() -> None:
-    with pytest.raises(KeepaConnectionError) as info:
-        KeepaClient(f"http://127.0.0.1:{free_port()}", KEY, connect_timeout_s=2).token()
+    with refused_port() as port, pytest.raises(KeepaConnectionError) as info:
+        KeepaClient(f"http://127.0.0.1:{port}", KEY, connect_timeout_s=2).token()
     assert info.value.sent is False
     assert KEY not in str(info.value)
 
@@ -217,7 +217,7 @@ def test_gzip_is_asked_for_and_decoded(server: Scripted) -> None:
 
 
 def test_key_not_in_repr() -> None:
-    c = KeepaClient("http://127.0.0.1:1", KEY)
+    c = KeepaClient("http://127.0.0.1:8080", KEY)  # never connected to
     assert KEY not in repr(c) and KEY not in str(c)
 
 

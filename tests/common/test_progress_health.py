@@ -3,11 +3,19 @@ when all is well."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from doubles import core_settings
+
+from broker.core import BrokerCore
 from common.run import progress_line
 
 
-def state(problems: list[dict[str, object]]) -> dict[str, object]:
-    return {"tokens": {"now": 10, "cap": 100}, "health": {"ok": not problems, "problems": problems}}
+def state(problems: list[dict[str, object]]) -> dict[str, Any]:
+    """A whole STATUS_REPLY state (a real broker core's) with these health problems."""
+    full = BrokerCore(core_settings(), send=lambda frames: True).status(0.0)
+    full["health"] = {"ok": not problems, "problems": problems}
+    return full
 
 
 def test_the_progress_line_shows_the_problem() -> None:
@@ -17,4 +25,5 @@ def test_the_progress_line_shows_the_problem() -> None:
 
 
 def test_the_progress_line_is_unchanged_when_healthy() -> None:
-    assert "health" not in progress_line(state([]), 30.0)
+    line = progress_line(state([]), 30.0)
+    assert "tokens" in line and "health" not in line, line

@@ -53,19 +53,19 @@ def test_every_frame_carries_the_version() -> None:
         (b"\xc1", "bad_msgpack"),
         (b"x" * (p.MAX_MESSAGE_BYTES + 1), "too_large"),
         (msgpack.packb({"a": 1}), "bad_envelope"),
-        (msgpack.packb([1, "BYE"]), "bad_envelope"),
-        (msgpack.packb([2, "BYE", {}]), "bad_version"),
+        (msgpack.packb([p.VERSION, "BYE"]), "bad_envelope"),
+        (msgpack.packb([p.VERSION + 1, "BYE", {}]), "bad_version"),
         (msgpack.packb([True, "BYE", {}]), "bad_version"),
-        (msgpack.packb([1, "NOPE", {}]), "unknown_type"),
-        (msgpack.packb([1, 7, {}]), "unknown_type"),
-        (msgpack.packb([1, "BYE", []]), "bad_fields"),
-        (msgpack.packb([1, "REQUEST", {"seq": 1}]), "bad_fields"),
-        (msgpack.packb([1, "REQUEST", {"seq": 1, "cost": "5"}]), "bad_fields"),
-        (msgpack.packb([1, "REQUEST", {"seq": True, "cost": 5}]), "bad_fields"),
-        (msgpack.packb([1, "REQUEST", {"seq": 1, "cost": 5, "x": 0}]), "bad_fields"),
-        (msgpack.packb([1, "HEARTBEAT", {"info": [1]}]), "bad_fields"),
+        (msgpack.packb([p.VERSION, "NOPE", {}]), "unknown_type"),
+        (msgpack.packb([p.VERSION, 7, {}]), "unknown_type"),
+        (msgpack.packb([p.VERSION, "BYE", []]), "bad_fields"),
+        (msgpack.packb([p.VERSION, "REQUEST", {"seq": 1}]), "bad_fields"),
+        (msgpack.packb([p.VERSION, "REQUEST", {"seq": 1, "cost": "5"}]), "bad_fields"),
+        (msgpack.packb([p.VERSION, "REQUEST", {"seq": True, "cost": 5}]), "bad_fields"),
+        (msgpack.packb([p.VERSION, "REQUEST", {"seq": 1, "cost": 5, "x": 0}]), "bad_fields"),
+        (msgpack.packb([p.VERSION, "HEARTBEAT", {"info": [1]}]), "bad_fields"),
         (
-            msgpack.packb([1, "SETTLE", {"permit": "p", "status": "ok", "envelope": 3}]),
+            msgpack.packb([p.VERSION, "SETTLE", {"permit": "p", "status": "ok", "envelope": 3}]),
             "bad_fields",
         ),
     ],
@@ -77,7 +77,7 @@ def test_bad_frames(frame: bytes, code: str) -> None:
 
 
 def test_int_accepted_for_float_fields() -> None:
-    msg = p.decode(msgpack.packb([1, "REQUEST", {"seq": 1, "cost": 5, "deadline_s": 3}]))
+    msg = p.decode(msgpack.packb([p.VERSION, "REQUEST", {"seq": 1, "cost": 5, "deadline_s": 3}]))
     assert isinstance(msg, p.Request) and msg.deadline_s == 3.0
 
 

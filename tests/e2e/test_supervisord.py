@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, Processes, fleet_command, free_port, wait_until
+import requests
+from support import (
+    ROOT,
+    BindRace,
+    Processes,
+    fleet_command,
+    retry_bind_race,
+    unused_port,
+    wait_until,
+)
 
 from common.config import load_settings
 from common.run import fleet_environment
@@ -66,15 +75,36 @@ def fleet_pids(var: Path) -> list[int]:
     return pids
 
 
-def test_fleet_under_supervisord(tmp_path: Path, processes: Processes) -> None:
-    var = tmp_path / "var"
-    broker = f"tcp://127.0.0.1:{free_port()}"
+BIND_FAILURES = ("Address already in use", "cannot bind", "cannot listen")
+
+
+def shutdown(conf: str, env: dict[str, str], sup: subprocess.Popen[bytes]) -> None:
+    subprocess.run(
+        [str(Path(sys.executable).parent / "supervisorctl"), "-c", conf, "shutdown"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    try:
+        sup.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        sup.kill()
+
+
+def start_supervised(
+    processes: Processes, var: Path, conf: str
+) -> tuple[dict[str, str], Any, str, subprocess.Popen[bytes]]:
+    """supervisord with the fleet on ports chosen now: supervisord's programs are told their
+    ports (the simulator's, the broker's, the metrics one), so each was free a moment ago and
+    a program that loses its port to another process is a bind race: shut down, raise
+    BindRace (``retry_bind_race`` starts again on other ports)."""
+    broker = f"tcp://127.0.0.1:{unused_port()}"
     base = dict(os.environ)
     base.update(
         {
             "FLEET_BROKER": broker,
-            "FLEET_SIM_PORT": str(free_port()),
-            "FLEET_GATEWAY_LISTEN": f"127.0.0.1:{free_port()}",  # issue 14
+            "FLEET_SIM_PORT": str(unused_port()),
+            "FLEET_GATEWAY_LISTEN": f"127.0.0.1:{unused_port()}",  # issue 14
             "FLEET_DB": str(var / "fleet.db"),
             "KEEPA_REFILL_PERIOD_S": "0.5",
             "FLEET_SIM_REFILL_RATE": "200",
@@ -84,8 +114,8 @@ def test_fleet_under_supervisord(tmp_path: Path, processes: Processes) -> None:
             "FLEET_BROKER_KILL_GRACE_S": "1",
             "FLEET_BROKER_SYNC_MIN_INTERVAL_S": "0.2",
             "FLEET_BROKER_SHORT_WAIT_S": "1",
-            "FLEET_BROKER_METRICS_PORT": str(free_port()),
-            "FLEET_WEB_LISTEN": f"127.0.0.1:{free_port()}",  # the dashboard (issue 15)
+            "FLEET_BROKER_METRICS_PORT": str(unused_port()),
+            "FLEET_WEB_LISTEN": f"127.0.0.1:{unused_port()}",  # the dashboard (issue 15)
             "FLEET_WORKER_DEALS_INTERVAL_S": "1",
             "FLEET_WORKER_RECONNECT_MAX_S": "1",
             "PYTHONPATH": str(ROOT),
@@ -96,8 +126,41 @@ def test_fleet_under_supervisord(tmp_path: Path, processes: Processes) -> None:
     settings = load_settings(env=base)
     env = fleet_environment(settings, workers=3, var=str(var), every=1, base=base)
     supervisord = str(Path(sys.executable).parent / "supervisord")
-    conf = str(ROOT / "supervisord.conf")
     sup = processes.start("supervisord", [supervisord, "-n", "-c", conf], env=env)
+
+    def lost_a_port() -> bool:
+        logs = var / "log"
+        return logs.exists() and any(
+            failure in path.read_text(errors="replace")
+            for path in logs.glob("*.log")
+            for failure in BIND_FAILURES
+        )
+
+    def up() -> bool:
+        if lost_a_port():
+            return True
+        return (
+            status(env) is not None
+            and requests.get(
+                f"http://127.0.0.1:{env['FLEET_SIM_PORT']}/token",
+                params={"key": settings.api_key},
+                timeout=2,
+            ).ok
+        )
+
+    wait_until(up, 40, interval=0.5, message="the broker and the simulator answering")
+    if lost_a_port():
+        shutdown(conf, env, sup)
+        for path in (var / "log").glob("*.log"):
+            path.unlink()
+        raise BindRace("a port chosen for supervisord's programs was taken")
+    return env, settings, broker, sup
+
+
+def test_fleet_under_supervisord(tmp_path: Path, processes: Processes) -> None:
+    var = tmp_path / "var"
+    conf = str(ROOT / "supervisord.conf")
+    env, settings, broker, sup = retry_bind_race(lambda: start_supervised(processes, var, conf))
     try:
         # All three workers register and deals land in SQLite.
         wait_until(
@@ -149,8 +212,6 @@ def test_fleet_under_supervisord(tmp_path: Path, processes: Processes) -> None:
         )
 
         # The metrics port answers.
-        import requests
-
         metrics = requests.get(
             f"http://127.0.0.1:{env['FLEET_BROKER_METRICS_PORT']}/metrics", timeout=5
         ).text
@@ -179,16 +240,7 @@ def test_fleet_under_supervisord(tmp_path: Path, processes: Processes) -> None:
         # simulator runs without --strict-offer-cap: it counts, it does not refuse).
         assert 1 <= sim["max_offer_asins"] <= 20, sim["max_offer_asins"]
     finally:
-        subprocess.run(
-            [str(Path(sys.executable).parent / "supervisorctl"), "-c", conf, "shutdown"],
-            env=env,
-            capture_output=True,
-            timeout=60,
-        )
-        try:
-            sup.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            sup.kill()
+        shutdown(conf, env, sup)
     processes.stop_all()
     wait_until(
         lambda: not fleet_pids(var),

@@ -55,6 +55,8 @@ def start(fleet: Fleet, *, sim: bool = True) -> None:
     switches it to WAL: exit 73, found here, not issue 12's.)"""
     if sim:
         fleet.start_sim()
+    else:
+        fleet.reserve_sim_port()  # Keepa down: the broker knows where it will be
     fleet.start_broker()
     for i, role in enumerate(ROLES):
         fleet.start_worker(f"w{i}", role)

@@ -1,5 +1,5 @@
-"""A broker driven in process, without sockets or threads: ``Broker.dispatch(frames, now)``
-and ``Broker.housekeeping(now)`` (what ``loop_once`` does after its poll) on a clock the
+"""A broker core driven in process, without sockets or threads: ``BrokerCore.dispatch(frames,
+now)`` and ``BrokerCore.housekeeping(now)`` (what ``loop_once`` does after its poll) on a clock the
 test moves. Its ROUTER is a ``FakeRouter`` that records the replies (and fails a send when
 told to), its /token thread a ``FakeSync`` that records requests (the test answers with
 ``Broker._on_sync_result``), and its signal function records instead of signalling."""
@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import zmq
+from doubles import FakeRouter, FakeSync
 
-from broker.server import Broker
-from common import protocol
+from broker.core import BrokerCore
 from common.config import load_settings
 from common.keepa import TokenEnvelope
 
@@ -19,41 +18,7 @@ THIS_HOST = "fuzz-host"
 KEEPA_EPOCH_MS = 1_700_000_000_000
 
 
-class FakeRouter:
-    """Records what the broker sends; fails a send when told to (a full or gone peer)."""
-
-    def __init__(self) -> None:
-        self.sent: list[list[bytes]] = []
-        self.fail_next = 0
-
-    def send_multipart(self, frames: list[bytes], flags: int = 0) -> None:
-        if self.fail_next:
-            self.fail_next -= 1
-            raise zmq.Again()
-        self.sent.append(list(frames))
-
-    def close(self, linger: int = 0) -> None:
-        pass
-
-    def replies(self, start: int = 0) -> list[tuple[bytes, protocol.Message]]:
-        """(identity, message) of everything sent from index ``start`` on."""
-        return [
-            (f[0], protocol.decode(f[-1], max_bytes=protocol.MAX_REPLY_BYTES))
-            for f in self.sent[start:]
-        ]
-
-
-class FakeSync:
-    """The /token thread's request side."""
-
-    def __init__(self) -> None:
-        self.requests: list[str] = []
-
-    def request(self, reason: str) -> None:
-        self.requests.append(reason)
-
-
-def make_broker(signals: list[tuple[int, int]], **overrides: Any) -> Broker:
+def make_broker(signals: list[tuple[int, int]], **overrides: Any) -> BrokerCore:
     """A broker for in-process driving; ``overrides`` are settings (``broker__max_workers``)."""
     values: dict[str, Any] = {
         "broker.address": "tcp://127.0.0.1:0",
@@ -68,15 +33,18 @@ def make_broker(signals: list[tuple[int, int]], **overrides: Any) -> Broker:
         "keepa.refill_period_s": 1.0,
     }
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
-    broker = Broker(
+    router, sync = FakeRouter(), FakeSync()
+    broker = BrokerCore(
         load_settings(env={}, overrides=values),
+        send=router.send,
+        request_sync=sync.request,
         clock=lambda: 0.0,
         wall_clock=lambda: 1_700_000_000.0,
         signal_fn=lambda pid, sig: signals.append((pid, sig)),
         this_host=THIS_HOST,
     )
-    broker._router = FakeRouter()  # type: ignore[assignment]
-    broker._sync = FakeSync()  # type: ignore[assignment]
+    broker._router = router  # type: ignore[attr-defined]
+    broker._sync = sync  # type: ignore[attr-defined]
     return broker
 
 

@@ -16,8 +16,10 @@ and random frames, and wrong frame counts; the clock jumps between inputs. At le
   a good one moves no counter but the semantic ones of its handler;
 * no state corruption: the ledger's in-flight cost is the sum of the granted permits'
   costs; granted = settled + expired + in flight; every request is granted, queued,
-  cancelled or rejected; a permit id is only ever granted for one (seq, cost); registry
-  indexes agree; the bounds hold (workers, queued requests per worker, kept records);
+  cancelled or rejected; a permit id is only ever granted for one (seq, cost); one
+  ``(worker, seq)`` gets at most one permit, however often it is retried (until the worker's
+  answers are dropped with it); registry indexes agree; the bounds hold (workers, queued
+  requests per worker, kept records);
 * the status is strict JSON and encodes as a STATUS_REPLY (checked every few inputs).
 """
 
@@ -27,6 +29,7 @@ import json
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -62,8 +65,13 @@ HANDLED = {"HELLO", "STATUS", "HEARTBEAT", "REQUEST", "CANCEL", "SETTLE", "BYE"}
 SETTLE_STATUSES = ["ok", "http_error", "timeout", "connection_error", "error", "not_sent"]
 
 STATUS_EVERY = 10  # the full status check (the costliest) every this many inputs
+MAX_STEPS = 60  # inputs per example: below ANSWERS_PER_WORKER, so no answer is ever evicted
+assert MAX_STEPS < ANSWERS_PER_WORKER
 
-counted = {"inputs": 0, "bad": 0, "grants": 0}
+
+class Tally(Counter[str]):
+    """What one fuzz run fed and saw: inputs, bad inputs, grants (one per test call, so a
+    rerun in the same process fuzzes again)."""
 
 
 class Account:
@@ -81,8 +89,9 @@ class Account:
 class Driver:
     """One broker, its peers and the oracle's bookkeeping."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, tally: Tally | None = None) -> None:
         self.rng = rng
+        self.tally = tally if tally is not None else Tally()
         self.signals: list[tuple[int, int]] = []
         self.broker = make_broker(
             self.signals, broker__max_workers=MAX_WORKERS, broker__max_queued_per_worker=MAX_QUEUED
@@ -95,6 +104,43 @@ class Driver:
         self.granted: dict[str, tuple[int, int]] = {}  # permit -> (seq, cost)
         self.answered_syncs = 0
         self.steps = 0
+        # (book worker key, seq) -> the permit granted for it, from the permit book's own
+        # decisions; a worker's entries go when the book drops the worker (its answers with it).
+        self.permit_of: dict[tuple[str, int], str] = {}
+        self._spy_on_decisions()
+
+    def _spy_on_decisions(self) -> None:
+        book = self.broker.permits
+        submit, schedule, drop_worker = book.submit, book.schedule, book.drop_worker
+
+        def spied_submit(*args: Any, **kwargs: Any) -> Any:
+            decision = submit(*args, **kwargs)
+            self.note_decisions([decision] if decision is not None else [])
+            return decision
+
+        def spied_schedule(*args: Any, **kwargs: Any) -> Any:
+            decisions = schedule(*args, **kwargs)
+            self.note_decisions(decisions)
+            return decisions
+
+        def spied_drop_worker(worker: str, *args: Any, **kwargs: Any) -> Any:
+            for key in [k for k in self.permit_of if k[0] == worker]:
+                del self.permit_of[key]
+            return drop_worker(worker, *args, **kwargs)
+
+        book.submit = spied_submit  # type: ignore[method-assign]
+        book.schedule = spied_schedule  # type: ignore[method-assign]
+        book.drop_worker = spied_drop_worker  # type: ignore[method-assign]
+
+    def note_decisions(self, decisions: list[Any]) -> None:
+        for d in decisions:
+            if d.kind != "grant":
+                continue
+            first = self.permit_of.setdefault((d.worker, d.seq), d.permit)
+            assert first == d.permit, (
+                f"worker {d.worker} seq {d.seq} got a second permit {d.permit} (first {first})"
+            )
+            self.tally["seq_grants"] += 1
 
     # --- inputs -------------------------------------------------------------------------
 
@@ -227,7 +273,7 @@ class Driver:
             self.router.fail_next = 1
         b.dispatch(frames, self.now)
         self.router.fail_next = 0
-        counted["inputs"] += 1
+        self.tally["inputs"] += 1
         delta = Counter(b.bad_messages)
         delta.subtract(bad_before)
         delta = +delta
@@ -291,7 +337,7 @@ class Driver:
     ) -> None:
         b = self.broker
         if expected is not None:
-            counted["bad"] += 1
+            self.tally["bad"] += 1
             assert delta == Counter({expected: 1}), (expected, delta)
             if sent_ok:
                 assert replies, "a bad message got no answer"
@@ -318,7 +364,7 @@ class Driver:
             if isinstance(reply, protocol.Grant):
                 seen = self.granted.setdefault(reply.permit, (reply.seq, reply.cost))
                 assert seen == (reply.seq, reply.cost), f"{reply.permit} granted twice: {seen}"
-                counted["grants"] += 1
+                self.tally["grants"] += 1
 
     def check_state(self, *, full: bool = True) -> None:
         b = self.broker
@@ -358,24 +404,52 @@ class Driver:
         assert protocol.StatusReply(state).encode()
 
 
-@FUZZ_SETTINGS
-@given(st.integers(0, 2**32 - 1), st.integers(20, 60))
-def fuzz_broker(seed: int, steps: int) -> None:
-    driver = Driver(random.Random(seed))
-    for _ in range(steps):
-        driver.step()
-    driver.check_state(full=True)
+def fuzz_broker(tally: Tally) -> Callable[[], None]:
+    """The @given target feeding one run's ``tally``."""
+
+    @FUZZ_SETTINGS
+    @given(st.integers(0, 2**32 - 1), st.integers(20, MAX_STEPS))
+    def run(seed: int, steps: int) -> None:
+        driver = Driver(random.Random(seed), tally)
+        for _ in range(steps):
+            driver.step()
+        driver.check_state(full=True)
+
+    return run
 
 
 def test_broker_handlers_survive_and_stay_consistent(caplog: pytest.LogCaptureFixture) -> None:
     # The broker's warnings (each bad message's first ones, per fresh broker) at full volume
     # would cost most of the run in pytest's log capture.
     caplog.set_level(logging.ERROR, logger="broker")
-    total = run_counted(fuzz_broker, lambda: counted["inputs"])
+    tally = Tally()
+    total = run_counted(fuzz_broker(tally), lambda: tally["inputs"])
     assert total >= FUZZ_INPUTS
     # The inputs reach the broker's state: bad ones counted, and grants made.
-    assert counted["bad"] > total // 10, counted
-    assert counted["grants"] > total // 100, counted
+    assert tally["bad"] > total // 10, tally
+    assert tally["grants"] > total // 100, tally
+    assert tally["seq_grants"] > total // 100, tally
+
+
+def test_a_retried_request_is_answered_with_its_first_permit() -> None:
+    """The (worker, seq) check of the fuzz oracle on its own: a worker asks again for a seq
+    it was granted (a lost GRANT) and gets the same permit, never a second one."""
+    driver = Driver(random.Random(2))
+    b, peer = driver.broker, b"peer-a"
+    hello = protocol.Hello("w1", 4242, "elsewhere", 12345, "all", "fuzz")
+    b.dispatch([peer, hello.encode()], driver.now)
+    b._on_sync_result(SyncResult("start", driver.now, driver.now, envelope(driver.now, 500, 5)))
+    request = protocol.Request(seq=1, cost=5, priority=0, deadline_s=30.0)
+    grants = []
+    for _ in range(3):
+        sent = len(driver.router.sent)
+        b.dispatch([peer, request.encode()], driver.now)
+        b.housekeeping(driver.now)
+        replies = [driver.decode_reply(f) for f in driver.router.sent[sent:]]
+        grants += [r for r in replies if isinstance(r, protocol.Grant)]
+    assert len(grants) == 3, grants
+    assert len({g.permit for g in grants}) == 1, grants
+    assert driver.tally["seq_grants"] == 3
 
 
 def test_raw_msgpack_edge_cases_are_counted() -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from fuzz.fuzz_support import (
@@ -29,8 +31,6 @@ from hypothesis import strategies as st
 from common import protocol
 from common.errors import ProtocolError
 
-counted = {"decoded": 0, "refused": 0, "round_trips": 0}
-
 
 def _has_nan(value: Any) -> bool:
     if isinstance(value, float):
@@ -42,7 +42,7 @@ def _has_nan(value: Any) -> bool:
     return False
 
 
-def check_frame(frame: bytes) -> None:
+def check_frame(frame: bytes, counted: Counter[str]) -> None:
     try:
         msg = protocol.decode(frame)
     except ProtocolError as exc:
@@ -63,21 +63,28 @@ def check_frame(frame: bytes) -> None:
         assert again == msg
 
 
-@FUZZ_SETTINGS
-@given(MESSAGES, st.integers(0, 2**32 - 1))
-def fuzz_decode(msg: protocol.Message, seed: int) -> None:
-    rng = random.Random(seed)
-    frame = msg.encode()
-    again = protocol.decode(frame, max_bytes=max(len(frame), protocol.MAX_MESSAGE_BYTES))
-    if not _has_nan(fields_of(msg)):
-        assert again == msg
-    counted["round_trips"] += 1
-    for _ in range(BATCH):
-        check_frame(one_frame(rng, msg))
+def fuzz_decode(counted: Counter[str]) -> Callable[[], None]:
+    """The @given target, counting into this run's ``counted`` (a rerun in one process
+    starts from zero and fuzzes again)."""
+
+    @FUZZ_SETTINGS
+    @given(MESSAGES, st.integers(0, 2**32 - 1))
+    def run(msg: protocol.Message, seed: int) -> None:
+        rng = random.Random(seed)
+        frame = msg.encode()
+        again = protocol.decode(frame, max_bytes=max(len(frame), protocol.MAX_MESSAGE_BYTES))
+        if not _has_nan(fields_of(msg)):
+            assert again == msg
+        counted["round_trips"] += 1
+        for _ in range(BATCH):
+            check_frame(one_frame(rng, msg), counted)
+
+    return run
 
 
 def test_decode_never_raises_anything_but_protocol_error() -> None:
-    total = run_counted(fuzz_decode, lambda: counted["decoded"] + counted["refused"])
+    counted: Counter[str] = Counter()
+    total = run_counted(fuzz_decode(counted), lambda: counted["decoded"] + counted["refused"])
     assert total >= FUZZ_INPUTS
     # The mix reaches both sides: frames that decode and frames that are refused.
     assert counted["decoded"] > total // 20 and counted["refused"] > total // 4, counted

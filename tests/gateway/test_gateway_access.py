@@ -23,7 +23,7 @@ from gateway_support import (
     host_address,
     start_gateway_process,
 )
-from support import fleet_command, free_port, wait_until
+from support import fleet_command, unused_port, wait_until
 
 from gateway import cli as gateway_cli
 from gateway.clients import ClientStore, Unauthorized
@@ -128,7 +128,7 @@ def test_the_clients_key_is_ignored_and_the_real_key_never_leaves(fleet, tmp_pat
     url = start_gateway_process(
         fleet,
         "gateway",
-        f"127.0.0.1:{free_port()}",
+        f"127.0.0.1:{unused_port()}",
         tmp_path / "clients.json",
         env={"FLEET_LOG_LEVEL": "DEBUG"},
     )

@@ -13,11 +13,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zmq.auth
-from support import Processes, fleet_command, free_port, wait_until
+from support import (
+    BROKER_ADDRESS_LOGGED,
+    Processes,
+    fleet_command,
+    logged,
+    refused_port,
+    wait_until,
+)
 
 from broker.status_cli import fetch_status
 from common.config import load_settings
@@ -29,9 +37,17 @@ ENV = {
     "FLEET_BROKER_HEARTBEAT_S": "0.2",
     "FLEET_BROKER_LIVENESS": "5",
     "FLEET_WORKER_RECONNECT_MAX_S": "0.5",
-    "KEEPA_BASE_URL": "http://127.0.0.1:9",  # no Keepa: registration is what is tested
+    # KEEPA_BASE_URL: a refused port (fixture keepa_down): registration is what is tested.
+    "FLEET_LOG_LEVEL": "INFO",
     "FLEET_CONFIG": "",
 }
+
+
+@pytest.fixture(autouse=True)
+def keepa_down(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    with refused_port() as port:
+        monkeypatch.setitem(ENV, "KEEPA_BASE_URL", f"http://127.0.0.1:{port}")
+        yield
 
 
 def make_keys(tmp_path: Path) -> Path:
@@ -73,9 +89,11 @@ def test_only_clients_with_an_authorized_key_get_anything(
 ) -> None:
     keys = make_keys(tmp_path)
     stranger = stranger_keys(tmp_path, keys)
-    address = f"tcp://127.0.0.1:{free_port()}"
     broker_env = {**ENV, "FLEET_BROKER_CURVE_DIR": str(keys)}
-    processes.start("broker", fleet_command("broker", "--bind", address), env=broker_env)
+    proc = processes.start(
+        "broker", fleet_command("broker", "--bind", "tcp://127.0.0.1:0"), env=broker_env
+    )
+    address = logged(processes, "broker", proc, BROKER_ADDRESS_LOGGED)
     wait_until(
         lambda: fetch_status(address, timeout=1, curve_dir=str(keys)),
         30,
@@ -135,9 +153,8 @@ def test_the_broker_binds_loopback_by_default() -> None:
 
 
 def test_non_loopback_bind_without_keys_is_refused(tmp_path: Path) -> None:
-    port = free_port()
     out = subprocess.run(
-        fleet_command("broker", "--bind", f"tcp://0.0.0.0:{port}"),
+        fleet_command("broker", "--bind", "tcp://0.0.0.0:0"),
         capture_output=True,
         text=True,
         timeout=60,

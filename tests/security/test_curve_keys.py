@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
-from support import fleet_command, free_port
+from support import bind_any_port, fleet_command
 
 from common.curve import is_loopback, require_curve_for, setup_client, setup_server
 from common.errors import ConfigError
@@ -32,8 +32,7 @@ def _roundtrip(keys: Path, client_setup: str) -> bytes | None:
         server = ctx.socket(zmq.ROUTER)
         server.linger = 0
         auth = setup_server(ctx, server, str(keys))
-        addr = f"tcp://127.0.0.1:{free_port()}"
-        server.bind(addr)
+        addr = bind_any_port(server)
         client = ctx.socket(zmq.DEALER)
         client.linger = 0
         if client_setup == "authorized":

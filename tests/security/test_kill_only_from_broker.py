@@ -13,12 +13,14 @@ Make the link obey every KILL and the first two tests fail."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
-from support import Processes, fleet_command, free_port, wait_until
+from doubles import FakeBroker
+from support import Processes, fleet_command, refused_port, wait_until
 
 from broker.server import running_broker
 from common import protocol
@@ -30,35 +32,8 @@ from workers.runtime import EXIT_KILLED
 RECV_S = 10.0
 
 
-class Impostor:
-    """A ROUTER on the broker's address that the test drives."""
-
-    def __init__(self) -> None:
-        self.address = f"tcp://127.0.0.1:{free_port()}"
-        self.ctx: zmq.Context[Any] = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.linger = 0
-        self.sock.bind(self.address)
-
-    def recv(self, cls: type[protocol.Message], timeout: float = RECV_S) -> bytes:
-        """The identity of the next peer that sends a ``cls`` (other messages skipped)."""
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            if self.sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
-                identity, payload = self.sock.recv_multipart()
-                if isinstance(protocol.decode(payload), cls):
-                    return bytes(identity)
-        raise AssertionError(f"no {cls.TYPE} within {timeout} s")
-
-    def send(self, identity: bytes, msg: protocol.Message) -> None:
-        self.sock.send_multipart([identity, msg.encode()])
-
-    def welcome(self, identity: bytes) -> None:
-        self.send(identity, protocol.Welcome("impostor", 0.2, 50, 30.0))
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
+# An impostor: something else listening at the broker's address (the broker double).
+Impostor = FakeBroker
 
 
 @pytest.fixture
@@ -76,7 +51,7 @@ def test_link_ignores_a_kill_before_welcome(impostor: Impostor) -> None:
     )  # fmt: skip
     link.start()
     try:
-        identity = impostor.recv(protocol.Hello)
+        identity = impostor.wait_for(protocol.Hello)
         impostor.send(identity, protocol.Kill("not your broker"))
         wait_until(lambda: link.kills_ignored == 1, RECV_S, message="the KILL seen and ignored")
         assert killed == [] and link.alive
@@ -89,21 +64,27 @@ def test_link_ignores_a_kill_before_welcome(impostor: Impostor) -> None:
         link.close(None, timeout_s=5)
 
 
+@pytest.fixture
+def keepa_down() -> Iterator[int]:
+    with refused_port() as port:
+        yield port
+
+
 def test_worker_process_survives_a_kill_from_what_never_welcomed_it(
-    impostor: Impostor, processes: Processes, tmp_path: Path
+    impostor: Impostor, processes: Processes, tmp_path: Path, keepa_down: int
 ) -> None:
     env = {
         "FLEET_BROKER_HEARTBEAT_S": "0.2",
         "FLEET_BROKER_LIVENESS": "50",
         "FLEET_WORKER_RECONNECT_MAX_S": "0.5",
-        "KEEPA_BASE_URL": "http://127.0.0.1:9",
+        "KEEPA_BASE_URL": f"http://127.0.0.1:{keepa_down}",  # refused
         "FLEET_CONFIG": "",
     }
     argv = fleet_command(
         "worker", "--id", "w-k", "--broker", impostor.address, "--db", str(tmp_path / "w.db")
     )
     proc = processes.start("w-k", argv, env=env)
-    identity = impostor.recv(protocol.Hello, timeout=30)
+    identity = impostor.wait_for(protocol.Hello, timeout=30)
     for _ in range(3):
         impostor.send(identity, protocol.Kill("die"))
     wait_until(

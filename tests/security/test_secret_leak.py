@@ -15,6 +15,7 @@ test fails."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -22,12 +23,23 @@ import re
 import secrets
 import subprocess
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 from fleet import Fleet
-from support import ROOT, Processes, fleet_command, free_port, wait_until
+from support import (
+    ROOT,
+    BindRace,
+    ChildExited,
+    Processes,
+    fleet_command,
+    refused_port,
+    retry_bind_race,
+    unused_port,
+    wait_until,
+)
 
 from common.errors import KeepaError
 from common.keepa import KeepaClient
@@ -71,12 +83,13 @@ def client_exception_texts(fleet: Fleet) -> str:
     saved_handlers, saved_level = root.handlers[:], root.level
     setup_logging("DEBUG", stream=buf)
     texts: list[str] = []
+    refused = contextlib.ExitStack()
     try:
         urls = []
         for kind in ("500", "malformed", "drop", "delay"):
             fleet.sim_admin("fault", kind=kind, count=2, delay_s=2.0)
             urls.append(fleet.sim_url)
-        urls.append("http://127.0.0.1:9")  # refused
+        urls.append(f"http://127.0.0.1:{refused.enter_context(refused_port())}")
         for url in urls:
             client = KeepaClient(url, KEY, connect_timeout_s=1.0, read_timeout_s=0.5)
             for call in (client.token, lambda c=client: c.product(["B000000001"], offers=20)):
@@ -87,14 +100,36 @@ def client_exception_texts(fleet: Fleet) -> str:
             texts.append(repr(client))
             client.close()
     finally:
+        refused.close()
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
     assert len(texts) >= 25, texts
     return "\n".join(texts) + buf.getvalue()
 
 
-def test_the_api_key_appears_nowhere(tmp_path: Path, processes: Processes) -> None:
-    metrics_port = free_port()
+def start_broker_with_metrics(fleet: Fleet, tmp_path: Path) -> int:
+    """The broker with its metrics on a chosen port (broker.metrics_port cannot be 0):
+    started again on another port if that one was taken before the broker bound it."""
+    port = unused_port()
+    fleet.env["FLEET_BROKER_METRICS_PORT"] = str(port)
+    try:
+        fleet.start_broker()
+    except ChildExited as exc:
+        if "Address already in use" not in fleet.processes.log("broker"):
+            raise
+        (tmp_path / "broker.log").unlink()
+        raise BindRace(str(exc)) from exc
+    return port
+
+
+@pytest.fixture
+def keepa_down() -> Iterator[int]:
+    with refused_port() as port:
+        yield port
+
+
+def test_the_api_key_appears_nowhere(tmp_path: Path, processes: Processes, keepa_down: int) -> None:
+    refused_url = f"http://127.0.0.1:{keepa_down}"
     fleet = Fleet(
         processes,
         tmp_path,
@@ -104,7 +139,6 @@ def test_the_api_key_appears_nowhere(tmp_path: Path, processes: Processes) -> No
         key=KEY,
         env={
             "FLEET_LOG_LEVEL": "DEBUG",
-            "FLEET_BROKER_METRICS_PORT": str(metrics_port),
             "FLEET_KEEPA_READ_TIMEOUT_S": "2",
             "FLEET_BROKER_LEASE_TTL_S": "5",
         },
@@ -112,10 +146,10 @@ def test_the_api_key_appears_nowhere(tmp_path: Path, processes: Processes) -> No
     fleet.env["FLEET_LOG_LEVEL"] = "INFO"
     fleet.start_sim()
     fleet.env["FLEET_LOG_LEVEL"] = "DEBUG"
-    fleet.start_broker()
+    metrics_port = retry_bind_race(lambda: start_broker_with_metrics(fleet, tmp_path))
     fleet.start_worker("w0")
     fleet.start_worker("w1", "deals")  # pages /deal all the time: its faults are taken
-    refused = dict(fleet.env, KEEPA_BASE_URL="http://127.0.0.1:9")
+    refused = dict(fleet.env, KEEPA_BASE_URL=refused_url)
     processes.start(
         "w-refused",
         fleet_command("worker", "--id", "w-refused", "--db", str(fleet.db)),

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 import requests
-from support import fleet_command, free_port, wait_until
+from support import SIM_URL_LOGGED, fleet_command, logged, wait_until
 
 KEY = "cli-test-key-1"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,16 +31,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serves_until_signalled(processes, sig):
-    port = free_port()
     proc = processes.start(
         "sim",
-        fleet_command(
-            "sim", "--port", str(port), "--tokens", "42", "--seed", "3", "--log-every", "0.2"
-        ),
+        fleet_command("sim", "--port", "0", "--tokens", "42", "--seed", "3", "--log-every", "0.2"),
         # Defaults from the settings: the environment here.
         env={**CLEAN_ENV, "FLEET_SIM_REFILL_RATE": "9", "KEEPA_REFILL_PERIOD_S": "30"},
     )
-    url = f"http://127.0.0.1:{port}"
+    url = logged(processes, "sim", proc, SIM_URL_LOGGED)  # it bound port 0 and says which
     resp = wait_until(
         lambda: requests.get(f"{url}/token", params={"key": KEY}, timeout=2),
         20,

@@ -22,7 +22,7 @@ def cost_of(sim, asins, **params) -> int:
 @pytest.mark.parametrize(
     ("offers_count", "offers_param", "cost"),
     [
-        (18, 40, 12),  # KEEPA_API.md's example: 2 found pages
+        (18, 40, 12),  # docs/KEEPA.md's example: 2 found pages
         (18, 20, 12),
         (5, 20, 6),
         (0, 20, 5),  # refresh succeeded, no offer: 5 (one transcription of Keepa's docs)

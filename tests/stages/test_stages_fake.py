@@ -18,7 +18,8 @@ from stages.stage_support import (
 
 from common.errors import BrokerUnavailable, KeepaServerError
 from common.storage import MAX_CLAIM_ATTEMPTS, Storage
-from workers.stages import PRIORITY_SPARE, URGENCY_SPARE, build_stages
+from workers.pipeline import PRIORITY_SPARE, URGENCY_SPARE
+from workers.stages import build_stages
 from workers.stages.deals import Scan
 
 T0 = 1_700_000_000.0

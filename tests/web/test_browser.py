@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 from fleet import Fleet
-from support import ROOT, Processes, fleet_command, free_port, wait_until
+from support import ROOT, Processes, fleet_command, unused_port, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -64,7 +64,7 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def start_web(fleet: Fleet, processes: Processes) -> str:
-    port = free_port()
+    port = unused_port()
     url = f"http://127.0.0.1:{port}"
     processes.start(
         "web",

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from doubles import FakeBroker
 from support import wait_until
-from workers_runtime.wr_support import FakeBroker, make_client
+from workers_runtime.wr_support import make_client
 
 from common import protocol
 from workers.link import BrokerLink

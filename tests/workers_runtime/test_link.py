@@ -9,9 +9,10 @@ import socket
 import threading
 
 import pytest
+from doubles import FakeBroker
 from support import wait_until
 from workers_runtime.conftest import Connected
-from workers_runtime.wr_support import CallThread, FakeBroker, make_client, response
+from workers_runtime.wr_support import CallThread, make_client, response
 
 from common import procinfo, protocol
 from common.errors import BrokerUnavailable

@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from doubles import FakeBroker
 from support import wait_until
 from workers_runtime.conftest import Connected
-from workers_runtime.wr_support import CallThread, FakeBroker, envelope, make_client, response
+from workers_runtime.wr_support import CallThread, envelope, make_client, response
 
 from common import protocol
 from common.errors import (
@@ -149,7 +150,7 @@ def test_reject_raises_with_max_cost(connected: Connected) -> None:
 
 
 def test_broker_heartbeat_updates_max_cost(connected: Connected) -> None:
-    connected.broker.send(connected.identity, protocol.Heartbeat(info={"max_cost": 1234}))
+    connected.broker.send(connected.identity, protocol.Heartbeat(max_cost=1234))
     wait_until(lambda: connected.client.max_cost() == 1234, 10)
 
 

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support import Processes, fleet_command, free_port, wait_until
-from workers_runtime.wr_support import FakeBroker
+from doubles import FakeBroker
+from support import Processes, fleet_command, refused_port, wait_until
 
 from common import protocol
 from workers.runtime import EXIT_KILLED, EXIT_OK, EXIT_STORAGE
@@ -115,17 +115,18 @@ def test_cli_unusable_database_exits_before_connecting(
 def test_cli_worker_says_hello_and_drains_on_sigterm(
     broker: FakeBroker, processes: Processes, tmp_path: Path
 ) -> None:
-    env = {**ENV, "KEEPA_BASE_URL": f"http://127.0.0.1:{free_port()}"}
-    argv = fleet_command(
-        "worker",
-        *("--broker", broker.address, "--role", "deals"),
-        *("--db", str(tmp_path / "fleet.db"), "--id", "cli_w"),
-    )
-    proc = processes.start("cli", argv, env=env)
-    _, hello = broker.handshake(timeout=20)
-    assert (hello.worker_id, hello.role, hello.pid) == ("cli_w", "deals", proc.pid)
-    broker.expect(protocol.Heartbeat, skip=(protocol.Request,))  # the deals stage may ask
-    os.kill(proc.pid, signal.SIGTERM)
-    _, bye = broker.expect(protocol.Bye, skip=SKIP_WHILE_DRAINING)
-    assert bye.reason == "SIGTERM"
-    assert exit_code(proc) == EXIT_OK
+    with refused_port() as keepa_port:  # no Keepa: the deals stage's calls are refused
+        env = {**ENV, "KEEPA_BASE_URL": f"http://127.0.0.1:{keepa_port}"}
+        argv = fleet_command(
+            "worker",
+            *("--broker", broker.address, "--role", "deals"),
+            *("--db", str(tmp_path / "fleet.db"), "--id", "cli_w"),
+        )
+        proc = processes.start("cli", argv, env=env)
+        _, hello = broker.handshake(timeout=20)
+        assert (hello.worker_id, hello.role, hello.pid) == ("cli_w", "deals", proc.pid)
+        broker.expect(protocol.Heartbeat, skip=(protocol.Request,))  # the deals stage may ask
+        os.kill(proc.pid, signal.SIGTERM)
+        _, bye = broker.expect(protocol.Bye, skip=SKIP_WHILE_DRAINING)
+        assert bye.reason == "SIGTERM"
+        assert exit_code(proc) == EXIT_OK

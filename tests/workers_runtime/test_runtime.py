@@ -8,9 +8,10 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from doubles import FakeBroker
 from support import wait_until
 from workers_runtime.conftest import Connected
-from workers_runtime.wr_support import CallThread, FakeBroker, make_client
+from workers_runtime.wr_support import CallThread, make_client
 
 from common import protocol
 from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout

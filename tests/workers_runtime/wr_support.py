@@ -4,12 +4,8 @@ receive with a deadline), fake Keepa responses and a link + permit client pair."
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-
-import zmq
-from support import free_port, wait_until
 
 from common import protocol
 from common.keepa import KeepaResponse, TokenEnvelope
@@ -19,91 +15,6 @@ from workers.permit_client import BrokerPermitClient
 M = TypeVar("M", bound=protocol.Message)
 
 RECV_TIMEOUT_S = 10.0
-
-
-class FakeBroker:
-    """A ROUTER on 127.0.0.1 that records what arrives; the test sends the replies."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        self.ctx: zmq.Context[Any] = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        wait_until(self._bind, 10, interval=0.05, message=f"binding {self.address}")
-        self.seen: list[tuple[bytes, protocol.Message]] = []
-
-    def _bind(self) -> bool:
-        try:
-            self.sock.bind(self.address)
-        except zmq.ZMQError:
-            return False
-        return True
-
-    def recv(self, timeout: float = RECV_TIMEOUT_S) -> tuple[bytes, protocol.Message]:
-        if not self.sock.poll(int(timeout * 1000), zmq.POLLIN):
-            raise AssertionError(f"nothing arrived at the fake broker within {timeout} s")
-        identity, payload = self.sock.recv_multipart(zmq.NOBLOCK)
-        msg = protocol.decode(payload)
-        self.seen.append((identity, msg))
-        return identity, msg
-
-    def expect(
-        self,
-        cls: type[M],
-        timeout: float = RECV_TIMEOUT_S,
-        skip: tuple[type[protocol.Message], ...] = (protocol.Heartbeat,),
-    ) -> tuple[bytes, M]:
-        """The next message of type ``cls``; ``skip`` types are passed over, others fail."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {cls.TYPE} within {timeout} s; seen {self.types()}")
-            identity, msg = self.recv(remaining)
-            if isinstance(msg, cls):
-                return identity, msg
-            if not isinstance(msg, skip):
-                raise AssertionError(f"expected {cls.TYPE}, got {msg!r}")
-
-    def drain(self) -> list[protocol.Message]:
-        """What has arrived so far, without waiting."""
-        out = []
-        while self.sock.poll(0, zmq.POLLIN):
-            out.append(self.recv(0)[1])
-        return out
-
-    def types(self) -> list[str]:
-        return [m.TYPE for _, m in self.seen]
-
-    def send(self, identity: bytes, msg: protocol.Message) -> None:
-        self.sock.send_multipart([identity, msg.encode()])
-
-    def handshake(
-        self,
-        *,
-        heartbeat_s: float = 0.1,
-        liveness: int = 100,
-        max_cost: int = 0,
-        timeout: float = RECV_TIMEOUT_S,
-    ) -> tuple[bytes, protocol.Hello]:
-        """Wait for HELLO, answer WELCOME."""
-        identity, hello = self.expect(protocol.Hello, timeout)
-        self.send(
-            identity,
-            protocol.Welcome(
-                broker_id="fake",
-                heartbeat_s=heartbeat_s,
-                liveness=liveness,
-                lease_ttl_s=30.0,
-                max_cost=max_cost,
-            ),
-        )
-        return identity, hello
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
 
 
 def envelope(consumed: int = 5, tokens_left: int = 100) -> TokenEnvelope:

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from common.costs import DEAL_PAGE_COST
-from common.queries import DEFAULT_QUERY_NAME, Query, queries_of
-from workers.stages import PRIORITY_DEALS, URGENCY_NONE, Pipeline
+from common.queries import Query, queries_of
+from workers.pipeline import PRIORITY_DEALS, URGENCY_NONE, Pipeline, state_key
 
 if TYPE_CHECKING:
     from common.keepa import KeepaResponse
@@ -62,14 +62,6 @@ URGENCY_DUE_QUEUE_LONG = 0.5  # due, but ingest has plenty to do
 
 def keepa_minutes_to_unix_s(minutes: int) -> float:
     return (minutes + KEEPA_EPOCH_MINUTES) * 60.0
-
-
-def state_key(query: Query) -> str:
-    """The database key prefix of a query's watermark and last scan. The built-in query keeps
-    the key the single-selection pipeline used, so an upgrade keeps its watermark."""
-    if query.name == DEFAULT_QUERY_NAME:
-        return f"deals:{query.domain}"
-    return f"deals:{query.domain}:{query.name}"
 
 
 @dataclass
@@ -334,35 +326,6 @@ def query_named(settings: Any, name: str) -> Query:
         if q.name == name:
             return q
     return dataclasses.replace(queries[0], name=name, filters=settings.filters, notify="")
-
-
-def query_figures(ctx: Pipeline, now: float) -> dict[str, Any]:
-    """Per query, for status and metrics: what it found, queued, spent, and its last scan.
-    Read from the database, so any worker reports the fleet's figures."""
-    totals = ctx.storage.query_totals()
-    out: dict[str, Any] = {}
-    for q in queries_of(ctx.settings):
-        last = ctx.storage.get_state(f"{state_key(q)}:last_scan") or {}
-        at = last.get("at")
-        row: dict[str, Any] = {
-            "domain": q.domain,
-            "deals_live": totals.get(q.name, {}).get("deals_live", 0),
-            "candidates_waiting": totals.get(q.name, {}).get("candidates_queued", 0),
-        }
-        for counter in (
-            "deals_found",
-            "candidates_queued",
-            "tokens",
-            "pages",
-            "notify_sent",
-            "notify_failed",
-        ):
-            row[counter] = int(ctx.storage.get_state(f"query:{q.name}:{counter}", 0) or 0)
-        row["last_scan_age_s"] = round(max(0.0, now - float(at)), 1) if at else None
-        row["feed_stale"] = last.get("feed_stale")
-        row["newest_deal_age_s"] = last.get("newest_deal_age_s")
-        out[q.name] = row
-    return out
 
 
 def _deal_list(payload: dict[str, Any]) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from typing import Any
 from common.errors import BrokerUnavailable, PermitRejected, PermitTimeout, StorageBlocked
 from common.keepa import MAX_ASINS_PER_CALL
 from workers.notify import notify_deals
-from workers.stages import (
+from workers.pipeline import (
     PRIORITY_COMMIT,
     URGENCY_BASE,
     URGENCY_NONE,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from workers.stages import (
+from workers.pipeline import (
     PRIORITY_REFRESH,
     PRIORITY_SPARE,
     URGENCY_BASE,
