@@ -6,7 +6,7 @@ Each scenario checks, against a fleet of real processes (``tests/fleet.py``):
 * tokens spent during the fault are no more than what was granted (in flight) when the
   fault was seen: nothing new is bought while the result cannot be kept or Keepa refuses;
 * nothing paid for is lost: every ASIN ever queued is a deal, a rejection or still queued,
-  and the database is sound (``Fleet.check_invariants``);
+  and the database is sound (``Fleet.check_invariants``: balance never below -max_deficit);
 * status names the fault within ``NAME_BOUND_S`` of it beginning;
 * the fleet recovers by itself within ``RECOVER_BOUND_S`` of the fault ending: health ok and
   tokens spent again;
@@ -200,7 +200,7 @@ def storage_fault(fleet: Fleet, mode: str, problem: str) -> Figures:
     for w in fleet.workers:
         assert count(broker_new, rf"worker {w} storage: {problem} began") == 1, broker_new
         assert count(broker_new, rf"worker {w} storage: {problem} ended") == 1, broker_new
-    fleet.check_invariants(max_deficit=0)  # every ASIN accounted for: held writes landed
+    fleet.check_invariants()  # every ASIN accounted for: held writes landed
     return {
         "named_s": round(named_s, 2),
         "spent_during": spent,
@@ -237,7 +237,7 @@ def key_lapses(fleet: Fleet) -> Figures:
     assert count(broker_new, "Keepa: key_no_access began") == 1, broker_new
     assert count(broker_new, "Keepa: key_no_access ended") == 1, broker_new
     assert "too_large" not in broker_new, broker_new
-    fleet.check_invariants(max_deficit=0)
+    fleet.check_invariants()
     return {"named_s": round(named_s, 2), "spent_during": spent, "recovered_s": recovered_s}
 
 
@@ -260,7 +260,7 @@ def keepa_503(fleet: Fleet) -> Figures:
     broker_new = fleet.processes.log("broker")[len(broker0) :]
     assert count(broker_new, "Keepa: keepa_unreachable began") == 1, broker_new
     assert count(broker_new, "Keepa: keepa_unreachable ended") == 1, broker_new
-    fleet.check_invariants(max_deficit=0)
+    fleet.check_invariants()
     return {"named_s": round(named_s, 2), "spent_during": spent, "recovered_s": recovered_s}
 
 
@@ -297,7 +297,7 @@ def keepa_down_at_start(fleet: Fleet) -> Figures:
     assert count(broker_log, "Keepa: keepa_unreachable began") == 1, broker_log
     assert count(broker_log, "Keepa: keepa_unreachable ended") == 1, broker_log
     assert count(broker_log, r"Keepa /token failed") == 1, broker_log  # then said once
-    fleet.check_invariants(max_deficit=0)
+    fleet.check_invariants()
     return {"named_s": round(named_s, 2), "recovered_s": round(recovered_s, 2)}
 
 
