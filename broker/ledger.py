@@ -214,11 +214,9 @@ class Ledger:
         return available > 0 and available - cost >= -self.deficit_now()
 
     def deficit_now(self, extra_spend: int = 0) -> int:
-        """How far below zero a grant may take ``available`` now: ``max_deficit`` only while
-        nothing else is in flight or assumed spent (and no ``extra_spend`` is planned). Two
-        calls in flight that together overdraw could arrive in either order, and the second
-        would meet a balance <= 0 — a 429 caused by the fleet; a single one always arrives at
-        the positive balance it was granted against."""
+        """``max_deficit`` while nothing else is in flight or assumed spent (and no
+        ``extra_spend``), else 0: two calls that together overdraw could arrive in either
+        order, the second at a balance <= 0 (a 429); one alone arrives at a positive one."""
         if extra_spend or self._in_flight_total or self._assumed_total:
             return 0
         return self.max_deficit

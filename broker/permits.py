@@ -4,30 +4,17 @@ Pure bookkeeping over a ``Ledger`` with ``now`` passed in: no sockets, no sleeps
 loop calls ``submit``/``cancel``/``settle`` on messages, then ``expire_leases`` and
 ``schedule`` every turn, and sleeps at most until ``next_wakeup``.
 
-Permit lifecycle: the table ``broker.states.PERMIT`` (queued -> granted | rejected |
-cancelled, granted -> settled | expired); every change goes through ``transition``. A
-request is also rejected while the book is closed (``set_closed``: the Keepa key or Keepa has
-a problem), or held for the reasons in ``HELD_WHILE_CLOSED``.
+Permit lifecycle: ``broker.states.PERMIT``, every change through ``transition``. A closed
+book (``set_closed``: the key or Keepa has a problem) rejects, or holds (HELD_WHILE_CLOSED).
 
-Order: priority (higher first), then arrival. The *head* is the first request in that order
-that cannot be granted now; it reserves. A later request may go ahead only when granting it
-does not delay the head: ``earliest_grant_at(head, extra_spend=small) <= earliest_grant_at(
-head)``, compared against the head's plan as it stood when it became the head in this pass.
-So a 250-token request is never starved by a stream of 5-token ones, while small ones still
-use tokens the large one cannot use before its refill step (or that the cap would waste).
-
-Retries: a request is named by ``(worker, seq)``. A retry gets the same decision (the same
-permit id) and is never granted twice; a retry of a request still queued gets None again.
-The same seq with another cost is not a retry: it is rejected ``seq_reused``. Answers are
-remembered for the last ``ANSWERS_PER_WORKER`` seqs of each worker and forgotten when the
-worker is dropped; finished permits are kept (for duplicate settles) at most
-``FINISHED_KEEP_S`` and ``MAX_FINISHED``.
+Order (priority, then arrival; the *head* reserves, a later request goes ahead only when
+that cannot delay it) and retries (``(worker, seq)``: the same answer, never two grants):
+docs/ARCHITECTURE.md, "Permits".
 """
 
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import logging
 import math
 import secrets
@@ -36,6 +23,7 @@ from typing import Any
 
 from broker import states
 from broker.ledger import Ledger, Observation
+from broker.permit_records import Decision, Permit
 from common import defaults
 from common.lifecycle import transition
 from common.protocol import RejectReason, SettleStatus
@@ -52,41 +40,9 @@ GRANT = "grant"
 REJECT = "reject"
 
 
-# Closed for these reasons, the book *holds* requests (queued, granted once it opens again,
-# rejected only at their deadline): Keepa unreachable is usually short, and a worker waiting
-# on its socket costs nothing. Closed for any other reason (the key has no access, is
-# malformed: usually long), requests are rejected with the reason.
+# Closed for these reasons the book *holds* requests (Keepa unreachable is usually short);
+# for any other (the key has no access, is malformed: usually long) it rejects them.
 HELD_WHILE_CLOSED = (RejectReason.KEEPA_UNREACHABLE,)
-
-
-@dataclasses.dataclass
-class Permit:
-    permit: str
-    worker: str
-    seq: int
-    cost: int
-    priority: int
-    state: str
-    requested_at: float
-    deadline_at: float
-    granted_at: float | None
-    lease_until: float | None
-    settled_at: float | None
-    reason: str = ""
-    arrival: int = 0  # tie-break of the queue order
-    finished_at: float | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Decision:
-    kind: str  # "grant" | "reject"
-    worker: str
-    seq: int
-    permit: str
-    cost: int
-    lease_ttl_s: float
-    reason: str = ""
-    max_cost: int = 0
 
 
 def _not_later(a: float | None, b: float | None) -> bool:
@@ -351,9 +307,8 @@ class PermitBook:
         return dropped
 
     def set_closed(self, reason: str) -> None:
-        """Closed (``reason`` not empty, e.g. ``keepa_no_access``): nothing is granted; new
-        requests are rejected with that reason, and queued ones at the next schedule() —
-        except for HELD_WHILE_CLOSED reasons, which hold them. '' opens the book again."""
+        """Closed with ``reason`` (e.g. ``keepa_no_access``): nothing granted, requests
+        rejected with it (or held: HELD_WHILE_CLOSED). '' opens the book again."""
         self.closed_reason = reason
 
     @property
