@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from doubles import FakeRouter, FakeSync
+from doubles import FakeRouter, FakeSync, core_settings
 
 from broker.core import BrokerCore
-from common.config import load_settings
 from common.keepa import TokenEnvelope
 
 THIS_HOST = "fuzz-host"
@@ -20,22 +19,9 @@ KEEPA_EPOCH_MS = 1_700_000_000_000
 
 def make_broker(signals: list[tuple[int, int]], **overrides: Any) -> BrokerCore:
     """A broker for in-process driving; ``overrides`` are settings (``broker__max_workers``)."""
-    values: dict[str, Any] = {
-        "broker.address": "tcp://127.0.0.1:0",
-        "broker.heartbeat_s": 1.0,
-        "broker.liveness": 3,
-        "broker.stall_s": 5.0,
-        "broker.kill_grace_s": 1.0,
-        "broker.lease_ttl_s": 10.0,
-        "keepa.read_timeout_s": 5.0,
-        "broker.sync_min_interval_s": 0.5,
-        "broker.short_wait_s": 2.0,
-        "keepa.refill_period_s": 1.0,
-    }
-    values.update({k.replace("__", "."): v for k, v in overrides.items()})
     router, sync = FakeRouter(), FakeSync()
     broker = BrokerCore(
-        load_settings(env={}, overrides=values),
+        core_settings(**overrides),
         send=router.send,
         request_sync=sync.request,
         clock=lambda: 0.0,

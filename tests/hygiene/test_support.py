@@ -98,7 +98,7 @@ RULES = {
     # (a link made and never started, saying so on its line, assumes nothing)
     "a port assumed closed (use refused_port())": r"^(?!.*never).*127\.0\.0\.1:(9|1)\b(?![\d.])",
     "importorskip on our own modules (an import error must fail)": (
-        r"importorskip\(\s*[\"'](" + "|".join(OWN_PACKAGES) + r")\b"
+        r"importor" r"skip\(\s*[\"'](" + "|".join(OWN_PACKAGES) + r")\b"
     ),
 }
 
@@ -112,8 +112,9 @@ def test_the_rules_catch_what_they_name() -> None:
     assert broken_rules("from support import Processes, free_port\n") == [picked]
     assert broken_rules('url = "http://127.0.0.1:9"\n') == [closed]
     assert broken_rules('KeepaClient("http://127.0.0.1:1", KEY)') == [closed]
-    assert broken_rules('pytest.importorskip("sim.server")') == [skipped]
-    assert broken_rules('pytest.importorskip("keepa")\nurl = "http://127.0.0.1:8080"') == []
+    skip = "pytest.importor" + "skip"  # (spelt apart: this file is scanned by the same rules)
+    assert broken_rules(skip + '("sim.server")') == [skipped]
+    assert broken_rules(skip + '("keepa")\nurl = "http://127.0.0.1:8080"') == []
     assert broken_rules('"tcp://127.0.0.1:1234"; "127.0.0.1:90"') == []
     assert broken_rules('BrokerLink("tcp://127.0.0.1:9")  # never started') == []
 
