@@ -237,7 +237,9 @@ class WorkerRuntime:
         except PermitRejected as exc:
             if exc.reason in protocol.KEEPA_REJECT_REASONS:
                 self._keepa_say.failing(
-                    now, exc.reason, f"the broker grants nothing; asking every {KEEPA_RETRY_S} s"
+                    self.clock(),
+                    exc.reason,
+                    f"the broker grants nothing; asking every {KEEPA_RETRY_S} s",
                 )
                 self._give_back(stage)
                 self.permits.advance(stage.name)
@@ -252,18 +254,22 @@ class WorkerRuntime:
             self.permits.advance(stage.name)
             return self._error_backoff()
         except Exception as exc:
-            if gate is not None and gate.failed(exc, now):
+            # A turn can last minutes (a permit wait, a Keepa call): what follows is timed
+            # from now, not from the turn's start (the wait would be that much too long, and
+            # a worker asleep past the stall limit is killed as stalled).
+            after = self.clock()
+            if gate is not None and gate.failed(exc, after):
                 # Said once by the gate; no permit is asked until a write succeeds. The stage
                 # gave back what it could itself and keeps what it paid for (ingest's
                 # survivors): not given back here.
                 self.permits.advance(stage.name)
-                return max(MIN_RETRY_S, gate.retry_in_s(now))
+                return max(MIN_RETRY_S, gate.retry_in_s(after))
             keepa_problem = _keepa_problem(exc)
             if keepa_problem:
                 # Keepa's answer names a problem the broker now knows too: said once (and
                 # each other kind of failure once while it lasts: new information).
                 kind = type(exc).__name__
-                began = self._keepa_say.failing(now, keepa_problem, f"{stage.name}: {exc}")
+                began = self._keepa_say.failing(after, keepa_problem, f"{stage.name}: {exc}")
                 if not began and kind not in self._keepa_kinds:
                     log.info("%s: also %s", stage.name, exc)
                 self._keepa_kinds.add(kind)
@@ -278,7 +284,7 @@ class WorkerRuntime:
             self.permits.advance(stage.name)
             return self._error_backoff()
         self._errors = 0
-        if items and self._keepa_say.ok(now, "permits granted again"):
+        if items and self._keepa_say.ok(self.clock(), "permits granted again"):
             self._keepa_kinds.clear()
         self.permits.advance(stage.name)
         log.debug("%s: %s items", stage.name, items)

@@ -303,8 +303,12 @@ def test_stats_min_max_are_all_time_and_in_interval_cover_the_stats_days(sim):
     ``maxInInterval`` those of the ``stats`` interval: ``[keepa_minute, value]``, null for a
     type without data, ``[-1, -1]`` for one without data in the interval (recorded)."""
     p = sim.find(lambda prof: prof.amp > 0.3 and prof.offers0 > 0 and prof.rank0 > 0)
-    stats = sim.product([p.asin], stats=1).json()["products"][0]["stats"]
-    now = sim.now_minute()
+    product = sim.product([p.asin], stats=1).json()["products"][0]
+    stats = product["stats"]
+    # The interval ends at Keepa's copy of the product (``lastUpdate``, up to an hour old),
+    # not at the request.
+    now = product["lastUpdate"]
+    assert sim.now_minute() - 61 <= now <= sim.now_minute()
     for field in ("min", "max", "minInInterval", "maxInInterval"):
         assert len(stats[field]) == N_TYPES, field
     for i in range(N_TYPES):

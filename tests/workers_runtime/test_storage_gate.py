@@ -155,14 +155,17 @@ def test_the_work_loop_runs_no_stage_while_blocked(
     try:
         permits = BrokerPermitClient(link, stop=threading.Event())
         gate_storage(storage, permits)
+        clock = Clock()
+        permits.gate.clock = clock
         stage = _FullAtClaim()
-        rt = WorkerRuntime([stage], permits, threading.Event())
-        wait = rt.loop_once(NOW)
+        rt = WorkerRuntime([stage], permits, threading.Event(), clock=clock)
+        wait = rt.loop_once(clock())
         assert 0 < wait <= RETRY_MAX_S and stage.runs == 1
         assert permits.gate.blocked
         assert link.work.heartbeat().storage["problem"] == "disk_full"
         # The probe succeeds (nothing is really full): the next turn runs the stage again.
-        rt.loop_once(NOW + RETRY_MAX_S)
+        clock.now += RETRY_MAX_S
+        rt.loop_once(clock())
         assert stage.runs == 2
         assert "Traceback" not in caplog.text and "the batch failed" not in caplog.text
     finally:
@@ -195,3 +198,54 @@ def test_a_write_in_a_transaction_is_never_held_even_without_an_sqlite_connectio
     assert not gate.held
     assert gated.set_state("k", 1, NOW) is None  # outside one: held
     assert len(gate.held) == 1 and gate.problem == "unavailable"
+
+
+class _LongTurnThenFull:
+    """A stage whose turn lasts a minute (a permit wait, a Keepa call), then whose write
+    fails on a full disk and whose next permit is refused by the gate."""
+
+    name = "ingest"
+
+    def __init__(self, gate: StorageGate, clock: Clock) -> None:
+        self.gate, self.clock = gate, clock
+
+    def urgency(self, now: float) -> float:
+        return 1.0
+
+    def run_once(self, now: float) -> int:
+        self.clock.now += 60.0
+
+        def full() -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        self.gate.write("set_state", full, None)  # held: the gate is blocked from now on
+        self.gate.ready()  # raises StorageBlocked
+        return 0
+
+    def give_back(self) -> None:
+        pass
+
+
+def test_the_retry_after_a_long_turn_is_timed_from_its_end_not_its_start(
+    storage: Storage,
+) -> None:
+    """A turn started at NOW failed at NOW + 60: the work loop's next try comes within the
+    gate's backoff of the failure, not a minute later (asleep that long, the worker would
+    be killed as stalled)."""
+    from workers.link import BrokerLink
+    from workers.permit_client import BrokerPermitClient
+
+    link = BrokerLink("tcp://127.0.0.1:9", worker_id="w", role="all")  # never started
+    try:
+        clock = Clock()
+        permits = BrokerPermitClient(link, stop=threading.Event())
+        gate_storage(storage, permits)
+        permits.gate.clock = clock
+        rt = WorkerRuntime(
+            [_LongTurnThenFull(permits.gate, clock)], permits, threading.Event(), clock=clock
+        )
+        wait = rt.loop_once(clock())
+        assert permits.gate.blocked
+        assert 0 < wait <= RETRY_MAX_S, wait
+    finally:
+        link.close()
