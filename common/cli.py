@@ -63,7 +63,25 @@ def add_broker_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is not an option or the value of
+    ``--config`` / ``--log-level``), or None."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in ("--config", "--log-level"):
+            skip = True
+        elif not word.startswith("-"):
+            return word if word in SUBCOMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand. Only the module of the one ``argv`` names is
+    imported (with ``argv`` None: every one): a broker or a worker process does not load
+    the web stack, the PostgreSQL driver and the rest (tens of MB each process)."""
+    chosen = None if argv is None else chosen_command(argv)
     parser = argparse.ArgumentParser(
         prog="keepa-fleet",
         description="Many worker processes sharing one Keepa API account through one token broker.",
@@ -81,15 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if argv is not None and name != chosen:
+            continue  # not run: its options are not needed (``keepa-fleet NAME --help`` has them)
+        module = importlib.import_module(module_name)
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     exit_with_parent()

@@ -45,6 +45,8 @@ rejection, so none is ever lost, and an ASIN is in exactly one of candidates/dea
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import json
 import logging
 import sqlite3
@@ -53,14 +55,15 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from common.errors import StorageError
 from common.schema import MIGRATIONS, SCHEMA_VERSION, add_column
 from common.storage_deals import DealRows
 from common.storage_reads import StorageReads, _marks
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 __all__ = [
     "MAX_CLAIM_ATTEMPTS",
@@ -129,8 +132,17 @@ class Storage(DealRows, StorageReads):
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self.path = path
         self.conn: Any = conn  # sqlite3 here; PostgresStorage's has the same face
-        self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
+        self._savepoints = itertools.count(1)
+
+    @functools.cached_property
+    def db(self) -> sqlite_utils.Database:
+        """The same connection as an ``sqlite_utils.Database``, for ad-hoc queries (tests,
+        a user's own scripts). Imported on first use: sqlite-utils imports pandas when it
+        is installed, tens of MB in every worker that never needs it."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
 
     # --- opening ------------------------------------------------------------------------
 
@@ -226,8 +238,8 @@ class Storage(DealRows, StorageReads):
         """A write transaction for callers that read and then write (the deal-feed watermark):
         it holds the database's write lock from its first statement, so no other writer moves
         what it read. On SQLite that is ``_write()`` itself."""
-        with self._write() as db:
-            yield db
+        with self._write():
+            yield self
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Any]:
@@ -235,22 +247,39 @@ class Storage(DealRows, StorageReads):
 
         IMMEDIATE takes the write lock up front (waiting up to the busy timeout), so a
         transaction that reads and then writes never fails half-way with "database is locked".
-        Nested calls (and sqlite-utils calls made inside) become savepoints.
+        Nested calls become savepoints.
         """
         with self._lock:
             if self.conn.in_transaction:
-                with self.db.atomic():  # a savepoint in the open transaction
-                    yield self.db
+                with self._savepoint():
+                    yield self
                 return
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self.db
+                yield self
             except BaseException:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
             else:
                 self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        """A savepoint in the open transaction: undone alone on an exception. (An error
+        such as SQLITE_FULL may have rolled back the whole transaction already: then there
+        is no savepoint left to undo, and the error is what the caller sees.)"""
+        name = f"sp_{next(self._savepoints)}"
+        self.conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute(f"ROLLBACK TO {name}")
+                self.conn.execute(f"RELEASE {name}")
+            raise
+        else:
+            self.conn.execute(f"RELEASE {name}")
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

@@ -318,6 +318,36 @@ def test_a_claim_waits_for_another_writer_instead_of_failing(tmp_path: Path) -> 
         assert sorted(result[0]) == sorted(set(asins(10)) - set(first))
 
 
+def test_a_nested_write_that_fails_is_undone_alone(storage: Storage) -> None:
+    """A write inside ``transaction()`` is a savepoint: its failure undoes it, not what the
+    outer transaction wrote before it, and the outer one still commits."""
+    with storage.transaction():
+        storage.add_candidates(D, asins(3), source="deal", now=T0)
+        with pytest.raises(RuntimeError), storage._write():
+            storage.add_candidates(D, asins(6)[3:], source="deal", now=T0)
+            raise RuntimeError("the nested write fails")
+        storage.set_state("after", 1, T0)
+    assert storage.totals(T0)["candidates_waiting"] == 3
+    assert storage.get_state("after") == 1
+    assert not storage.conn.in_transaction
+
+
+def test_a_worker_process_does_not_load_pandas() -> None:
+    """sqlite-utils imports pandas when it is installed (the ``keepa`` package of the test
+    extras brings it): the storage imports sqlite-utils only for ``Storage.db``, so a
+    worker does not carry pandas (tens of MB a process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, common.storage, workers.runtime, broker.server; "
+        "print(sorted(m for m in ('pandas', 'numpy', 'sqlite_utils') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 # --- deals and rejections -------------------------------------------------------------
 
 
