@@ -165,7 +165,7 @@ def summarize(
     used = int(s1["tokens_consumed"]) - int(s0["tokens_consumed"])
     used -= int(s1.get("external_consumed", 0)) - int(s0.get("external_consumed", 0))
     waits = [w for r in reports for w in r.get("waits_s", [])]
-    r2f = _refill_to_first(s1)
+    r2f = refill_to_first(s1)
     released, waited, no_step = _released_delays_ms(reports, phase, period)
     r2f_rel = _stats(released)
     out: dict[str, Any] = {
@@ -283,7 +283,7 @@ def _refills_between(t0: float, t1: float, period: float, phase: float | None) -
     return max(0, last - first + 1)
 
 
-def _refill_to_first(state: dict[str, Any]) -> tuple[float, float, int]:
+def refill_to_first(state: dict[str, Any]) -> tuple[float, float, int]:
     """(median, p99, count) of the simulator's refill-to-first-request delays, in ms."""
     return _stats([float(v) for v in state.get("refill_to_first_request_ms") or []])
 

@@ -56,7 +56,7 @@ STEP_S = 60.0
 
 def run(profile: str, log_dir: Path) -> str:
     p = PROFILES[profile]
-    asins = _feed_asins(p, log_dir)
+    asins = feed_asins(p.backlog, log_dir)
     sides: dict[int, dict[str, dict[str, Any]]] = {}
     for n in p.processes:
         h.progress(f"{NAME}: fleet, N={n}, {p.minutes} min")
@@ -85,11 +85,12 @@ def run(profile: str, log_dir: Path) -> str:
     return _report(p, len(asins), sides)
 
 
-def _feed_asins(p: Params, log_dir: Path) -> list[str]:
-    """The newest deals of the default query, from a simulator of the same seed."""
+def feed_asins(count: int, log_dir: Path) -> list[str]:
+    """The newest ``count`` deals of the default query, from a simulator of the same seed."""
+    log_dir.mkdir(parents=True, exist_ok=True)
     with h.owned_processes(log_dir) as procs:
         sim = h.start_sim(
-            procs, refill_rate=p.plan, refill_period_s=STEP_S, latency_scale=0.0, seed=SEED
+            procs, refill_rate=300, refill_period_s=STEP_S, latency_scale=0.0, seed=SEED
         )
         key = "bench-feed-" + uuid.uuid4().hex[:12]
         sim.admin("tokens", key=key, tokens=100_000)
@@ -104,11 +105,11 @@ def _feed_asins(p: Params, log_dir: Path) -> list[str]:
             resp.raise_for_status()
             found = [d["asin"] for d in resp.json()["deals"]["dr"]]
             out += [a for a in found if a not in out]
-            if len(out) >= p.backlog or not found:
+            if len(out) >= count or not found:
                 break
-    if len(out) < p.backlog:
-        raise h.BenchError(f"the feed gave {len(out)} deals, {p.backlog} wanted")
-    return out[: p.backlog]
+    if len(out) < count:
+        raise h.BenchError(f"the feed gave {len(out)} deals, {count} wanted")
+    return out[:count]
 
 
 def _fleet_figures(r: dict[str, Any]) -> dict[str, Any]:

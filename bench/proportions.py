@@ -1,4 +1,5 @@
-"""Benchmark 7: utilization and drain time in Keepa's proportions.
+"""Benchmark 7: utilization and drain time in Keepa's proportions, for the bare permit
+client and for the pipeline (``bench.proportions_pipeline``).
 
 The refill step P is shortened and the simulator's latency with it (latency × P / 60 s), so
 a call lasts the same fraction of a step as on Keepa (an offer call ~5 s against a 60-s
@@ -23,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench import backlog
+from bench import backlog, keepa_step, proportions_pipeline
 from bench import harness as h
 
 NAME = "proportions"
@@ -31,6 +32,10 @@ TITLE = "7. Utilization and drain time in Keepa's proportions"
 SEED = 1
 BATCH = 20  # keepa.max_asins_with_offers
 TOKENS_PER_ASIN = 7.5  # offers=20 on the simulator's catalog (6 or 12 a product): sizing only
+# The pipeline on the deal feed: a 1-token peek each, offers (6 or 12) for the ~30 % that
+# survive it; sizing only (the limit uses what the simulator charged).
+PIPELINE_TOKENS_PER_ASIN = 3.5
+CLIENTS = ("bare permit client", "pipeline")
 OVERSUPPLY = 1.25  # the backlog costs this many times the run's supply
 
 GOAL_UTILIZATION = 0.99
@@ -66,7 +71,10 @@ PROFILES = {
 
 def run(profile: str, log_dir: Path) -> str:
     p = PROFILES[profile]
-    results: list[tuple[Cell, dict[str, Any]]] = []
+    results: list[tuple[Cell, str, dict[str, Any]]] = []
+    most = max(math.ceil(OVERSUPPLY * p.steps * c.plan / PIPELINE_TOKENS_PER_ASIN) for c in p.cells)
+    h.progress(f"{NAME}: the newest {most} deals of the feed, for the pipeline's backlog")
+    feed = keepa_step.feed_asins(most, log_dir / "feed")
     for cell in p.cells:
         supply = p.steps * cell.plan
         size = math.ceil(OVERSUPPLY * supply / TOKENS_PER_ASIN)
@@ -92,7 +100,23 @@ def run(profile: str, log_dir: Path) -> str:
             f"{r['elapsed_s']:.1f} s, utilization {r['utilization'] * 100:.1f} %, "
             f"429s {r['status_429']}"
         )
-        results.append((cell, r))
+        results.append((cell, CLIENTS[0], r))
+        size = math.ceil(OVERSUPPLY * supply / PIPELINE_TOKENS_PER_ASIN)
+        r = proportions_pipeline.run_cell(
+            plan=cell.plan,
+            refill_period_s=cell.refill_period_s,
+            processes=cell.processes,
+            asins=feed[:size],
+            time_limit_s=spec.time_limit_s,
+            seed=SEED,
+            log_dir=log_dir / f"pipeline-plan{cell.plan}-n{cell.processes}",
+        )
+        h.progress(
+            f"{NAME}: pipeline, plan {cell.plan}, N={cell.processes}: {r['items']}/{size} "
+            f"judged in {r['elapsed_s']:.1f} s, utilization {r['utilization'] * 100:.1f} %, "
+            f"429s {r['status_429']}"
+        )
+        results.append((cell, CLIENTS[1], r))
     return _report(p, results)
 
 
@@ -105,9 +129,9 @@ def _drain(cell: Cell, r: dict[str, Any]) -> tuple[float | None, int | None]:
     return steps, limit
 
 
-def _report(p: Params, results: list[tuple[Cell, dict[str, Any]]]) -> str:
+def _report(p: Params, results: list[tuple[Cell, str, dict[str, Any]]]) -> str:
     rows, goals = [], []
-    for cell, r in results:
+    for cell, client, r in results:
         steps, limit = _drain(cell, r)
         run_steps = max(1.0, r["elapsed_s"] / cell.refill_period_s)
         token_per_step = r["token_calls"] / run_steps
@@ -118,6 +142,7 @@ def _report(p: Params, results: list[tuple[Cell, dict[str, Any]]]) -> str:
                 cell.plan,
                 f"{cell.refill_period_s:g} s",
                 cell.processes,
+                client,
                 f"{r['items']} / {r['backlog']}",
                 f"{r['utilization'] * 100:.1f} %",
                 f"{r['used']} / {r['supplied']}",
@@ -128,10 +153,12 @@ def _report(p: Params, results: list[tuple[Cell, dict[str, Any]]]) -> str:
                 f"{token_per_step:.2f}",
                 f"{r['r2f_median_ms']:.1f} / {r['r2f_p99_ms']:.1f}",
                 f"{h.percentile(waits, 50):.0f} / {h.percentile(waits, 99):.0f}" if waits else "–",
-                f"{r['mean_call_s'] * 1000:.0f} ms",
+                f"{r['mean_call_s'] * 1000:.0f} ms"
+                if r["mean_call_s"] == r["mean_call_s"]
+                else "–",
             ]
         )
-        label = f"plan {cell.plan}, N={cell.processes}"
+        label = f"plan {cell.plan}, N={cell.processes}, {client}"
         goals += [
             [
                 label,
@@ -160,18 +187,22 @@ def _report(p: Params, results: list[tuple[Cell, dict[str, Any]]]) -> str:
             ],
         ]
     intro = (
-        f"Each cell: a simulator of its own (seed {SEED}), a fresh account starting with one "
-        f"step's tokens, a broker, N `bench.fleet_worker` processes peeking a backlog of "
-        f"catalog ASINs {BATCH} a call with `offers=20`; the backlog is sized to cost about "
-        f"{OVERSUPPLY} × the supply of {p.steps} steps. Latency × P / 60 s: a call lasts the "
-        "fraction of a step it lasts on Keepa. The limit is ⌈(tokens the backlog cost − start "
-        "balance) ÷ rate⌉ steps."
+        f"Each cell, twice: a simulator of its own (seed {SEED}), a fresh account starting "
+        f"with one step's tokens, a broker, and N processes: the *bare permit client* "
+        f"(`bench.fleet_worker`) peeking a backlog of catalog ASINs {BATCH} a call with "
+        "`offers=20`, then the *pipeline* (`keepa-fleet worker --role ingest`: the stats "
+        "peek, offers for the survivors' commit) on the newest deals of the feed; each "
+        f"backlog is sized to cost about {OVERSUPPLY} × the supply of {p.steps} steps. "
+        "Latency × P / 60 s: a call lasts the fraction of a step it lasts on Keepa. The limit "
+        "is ⌈(tokens the backlog cost − start balance) ÷ rate⌉ steps. The pipeline's permit "
+        "waits and call times are not collected (–)."
     )
     table = h.table(
         [
             "plan (tokens/step)",
             "step P",
             "N",
+            "client",
             "ASINs done",
             "utilization",
             "tokens used / supplied",
@@ -194,15 +225,21 @@ def _waits_ms(r: dict[str, Any]) -> list[float]:
     return [float(w) for w in r.get("permit_waits_ms", [])]
 
 
-def _bounds(results: list[tuple[Cell, dict[str, Any]]]) -> str:
+def _bounds(results: list[tuple[Cell, str, dict[str, Any]]]) -> str:
     """What bounds a missed figure, from the run's own data."""
     lines = ["What bounds the figures (from this run's data):", ""]
-    for cell, r in results:
+    for cell, client, r in results:
         if r["utilization"] >= GOAL_UTILIZATION and r["finished"]:
             continue
         demand = cell.processes * BATCH * TOKENS_PER_ASIN / max(r["mean_call_s"], 1e-9)
         supply = cell.plan / cell.refill_period_s
-        if demand < supply:
+        if client == CLIENTS[1]:
+            why = (
+                f"{r['supplied'] - r['used']} of {r['supplied']} tokens unused while the "
+                f"backlog remained (balance at the end {r['tokens_left_end']}; "
+                f"{r['items']} of {r['backlog']} judged)"
+            )
+        elif demand < supply:
             why = (
                 f"latency-bound: {cell.processes} process(es), one call of {BATCH} ASINs in "
                 f"flight each ({r['mean_call_s'] * 1000:.0f} ms a call) ask for about "
@@ -214,5 +251,5 @@ def _bounds(results: list[tuple[Cell, dict[str, Any]]]) -> str:
                 f"backlog remained (balance at the end {r['tokens_left_end']}): held back by "
                 "the ledger while permits were in flight, and the end of the run"
             )
-        lines.append(f"- plan {cell.plan}, N={cell.processes}: {why}.")
+        lines.append(f"- plan {cell.plan}, N={cell.processes}, {client}: {why}.")
     return "\n".join(lines) if len(lines) > 2 else "Every cell met its utilization goal."

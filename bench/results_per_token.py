@@ -123,7 +123,7 @@ def _run_side(
         deadline = started + run_s
         next_line = started
         while time.monotonic() < deadline:
-            if preload and _waiting(db) == 0:
+            if preload and waiting(db) == 0:
                 break
             if time.monotonic() >= next_line:
                 st = sim.state(key)
@@ -136,8 +136,7 @@ def _run_side(
         state = sim.state(key)
         elapsed_s = time.monotonic() - started
         procs.stop_all()
-    verdicts = _verdicts(db)
-    return {"state": state, "elapsed_s": elapsed_s, "verdicts": verdicts}
+    return {"state": state, "elapsed_s": elapsed_s, "verdicts": verdicts(db)}
 
 
 def run_fleet_on(p: Params, asins: list[str], log_dir: Path, limit_steps: int) -> dict[str, Any]:
@@ -146,7 +145,7 @@ def run_fleet_on(p: Params, asins: list[str], log_dir: Path, limit_steps: int) -
     return _run_side(p, SIDES[0], log_dir, preload=asins, limit_steps=limit_steps)
 
 
-def _waiting(db: Path) -> int:
+def waiting(db: Path) -> int:
     """Candidates not judged yet (queued or claimed)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
@@ -155,7 +154,7 @@ def _waiting(db: Path) -> int:
         conn.close()
 
 
-def _verdicts(db: Path) -> dict[str, dict[str, Any]]:
+def verdicts(db: Path) -> dict[str, dict[str, Any]]:
     """Every judged ASIN: 'deal' or its rejection reason, with the figures seen."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:

@@ -74,6 +74,7 @@ class Account:
         self.statuses: dict[int, int] = {}
         self.refill_to_first_request_ms: deque[float] = deque(maxlen=REFILL_HISTORY_STEPS)
         self._last_served_step = 0
+        self.last_charged_at: float | None = None  # the latest charged request (epoch s)
 
     @property
     def label(self) -> str:
@@ -133,6 +134,7 @@ class Account:
                 return Charge(False, self.balance)
             self.min_tokens_left = min(self.min_tokens_left, self.balance)
             if cost > 0:
+                self.last_charged_at = now
                 k = self._step_index(now)
                 if k >= 1 and k > self._last_served_step:
                     step_at = self.created_at + k * self.refill_period_s
@@ -208,6 +210,7 @@ class Account:
                 "deal_calls": self.calls["deal"],
                 "refill_to_first_request_ms": list(self.refill_to_first_request_ms),
                 "created_at": self.created_at,
+                "last_charged_at": self.last_charged_at,
             }
 
 

@@ -40,6 +40,7 @@ def test_the_state_of_an_account_in_full() -> None:
         "deal_calls": 1,
         "refill_to_first_request_ms": [],
         "created_at": 100.0,
+        "last_charged_at": 100.5,  # the API request; external spending is not a request
     }
 
 
@@ -48,6 +49,7 @@ def test_a_fresh_account_reports_zeros() -> None:
     assert s["status_429"] == 0 and s["statuses"] == {}
     assert (s["token_calls"], s["product_calls"], s["deal_calls"]) == (0, 0, 0)
     assert s["tokens_left"] == 300 and s["min_tokens_left"] == 300 and s["refill_in_ms"] == 1500
+    assert s["last_charged_at"] is None
 
 
 def test_an_unpaid_account_has_no_tokens_and_no_refills() -> None:
