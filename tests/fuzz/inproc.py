@@ -11,10 +11,8 @@ from typing import Any
 from doubles import FakeRouter, FakeSync, core_settings
 
 from broker.core import BrokerCore
-from common.keepa import TokenEnvelope
 
 THIS_HOST = "fuzz-host"
-KEEPA_EPOCH_MS = 1_700_000_000_000
 
 
 def make_broker(signals: list[tuple[int, int]], **overrides: Any) -> BrokerCore:
@@ -32,15 +30,3 @@ def make_broker(signals: list[tuple[int, int]], **overrides: Any) -> BrokerCore:
     broker._router = router  # type: ignore[attr-defined]
     broker._sync = sync  # type: ignore[attr-defined]
     return broker
-
-
-def envelope(now: float, tokens_left: int, rate: int, consumed: int = 0) -> TokenEnvelope:
-    """A Keepa envelope at broker time ``now`` (refill steps every whole second)."""
-    ms = int(now * 1000)
-    return TokenEnvelope(
-        timestamp_ms=KEEPA_EPOCH_MS + ms,
-        tokens_left=tokens_left,
-        refill_in_ms=1000 - ms % 1000,
-        refill_rate=rate,
-        tokens_consumed=consumed,
-    )

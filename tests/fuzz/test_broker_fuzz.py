@@ -34,6 +34,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from doubles import envelope
 from fuzz.fuzz_support import (
     DECODE_CODES,
     FUZZ_INPUTS,
@@ -42,7 +43,7 @@ from fuzz.fuzz_support import (
     one_frame,
     run_counted,
 )
-from fuzz.inproc import THIS_HOST, FakeRouter, FakeSync, envelope, make_broker
+from fuzz.inproc import THIS_HOST, FakeRouter, FakeSync, make_broker
 from hypothesis import given
 from hypothesis import strategies as st
 

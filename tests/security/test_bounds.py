@@ -22,7 +22,8 @@ import logging
 import tracemalloc
 
 import pytest
-from fuzz.inproc import FakeRouter, envelope, make_broker
+from doubles import envelope
+from fuzz.inproc import FakeRouter, make_broker
 
 from broker.server import MAX_PERMIT_CHARS, Broker
 from broker.sync import SyncResult
