@@ -26,6 +26,7 @@ from typing import Any
 
 from bench import backlog, keepa_step, proportions_pipeline
 from bench import harness as h
+from common import defaults
 
 NAME = "proportions"
 TITLE = "7. Utilization and drain time in Keepa's proportions"
@@ -233,12 +234,21 @@ def _bounds(results: list[tuple[Cell, str, dict[str, Any]]]) -> str:
             continue
         demand = cell.processes * BATCH * TOKENS_PER_ASIN / max(r["mean_call_s"], 1e-9)
         supply = cell.plan / cell.refill_period_s
+        unused = r["supplied"] - r["used"]
         if client == CLIENTS[1]:
             why = (
-                f"{r['supplied'] - r['used']} of {r['supplied']} tokens unused while the "
-                f"backlog remained (balance at the end {r['tokens_left_end']}; "
-                f"{r['items']} of {r['backlog']} judged)"
+                f"{unused} of {r['supplied']} tokens unused while the backlog remained "
+                f"(balance at the end {r['tokens_left_end']}; {r['items']} of {r['backlog']} "
+                "judged)"
             )
+            if unused <= defaults.RESUME_AT + cell.plan:
+                why += (
+                    f": the recharge hysteresis — a grant that leaves less than "
+                    f"`broker.soft_floor` ({defaults.SOFT_FLOOR}) makes the next wait for "
+                    f"`broker.resume_at` ({defaults.RESUME_AT}), "
+                    f"{defaults.RESUME_AT / cell.plan:g} steps of this plan, and the "
+                    "backlog's last requests wait for it (a setting; lower it for a small plan)"
+                )
         elif demand < supply:
             why = (
                 f"latency-bound: {cell.processes} process(es), one call of {BATCH} ASINs in "
