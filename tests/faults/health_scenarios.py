@@ -194,7 +194,11 @@ def storage_fault(fleet: Fleet, mode: str, problem: str) -> Figures:
         assert sum(f"storage: {problem} ended" in ln for ln in new) == 1, (w, new)
         assert not any("the batch failed" in ln or "Traceback" in ln for ln in new), new
         assert not any("claimed too often" in ln for ln in new), new
-        fault_lines = [ln for ln in during[w] if "storage fault" not in ln]
+        # From the worker's first failed write on: a full disk still takes the writes that
+        # fit in the file's free pages, and the work done meanwhile is no retry.
+        began = [i for i, ln in enumerate(during[w]) if f"storage: {problem} began" in ln]
+        assert began, (w, during[w])
+        fault_lines = [ln for ln in during[w][began[0] :] if "storage fault" not in ln]
         assert len(fault_lines) <= MAX_LINES_DURING_FAULT, "\n".join(fault_lines)
     broker_new = fleet.processes.log("broker")[len(broker0) :]
     for w in fleet.workers:
