@@ -35,7 +35,7 @@ from bench import backlog
 from bench import harness as h
 
 NAME = "gateway"
-TITLE = "7. Other programs on the key: through the gateway vs straight at Keepa"
+TITLE = "10. Other programs on the key: through the gateway vs straight at Keepa"
 
 KEEPA_STEP_S = 60.0
 KEEPA_OFFER_CALL_S = 5.0  # the simulator's mean offer-call latency before scaling
