@@ -113,3 +113,14 @@ def test_soak_figures_become_a_section() -> None:
     assert "silent 2" in text
     assert "| 0 429s caused by the fleet | 0 | met |" in text
     assert "| balance never below -max_deficit (0) | -3 | **missed** |" in text
+
+
+def test_numbered_sections_are_distinct_and_in_the_file_order() -> None:
+    # Docs and code cite benchmarks by number ("benchmark 7"): two sections with one number,
+    # or numbers out of BENCHMARKS.md's order, make those references ambiguous.
+    numbers = [
+        int(m.TITLE.split(".", 1)[0])
+        for m in bench_main.BENCHMARKS
+        if m.TITLE.split(".", 1)[0].isdigit()
+    ]
+    assert numbers == sorted(set(numbers)), numbers
