@@ -11,8 +11,10 @@ SQLite:
 One file in WAL mode, opened through sqlite-utils on a connection of our own (busy timeout
 ``BUSY_TIMEOUT_S``, driver autocommit so that every transaction is explicit). Every write is a
 short ``BEGIN IMMEDIATE`` transaction: a deferred transaction that reads and then writes gets
-"database is locked" at once when another process writes, busy timeout or not. Writes are
-idempotent upserts keyed by ``(domain, asin)``, so a batch done twice leaves the same rows.
+"database is locked" at once when another process writes, busy timeout or not. Turning a
+new file to WAL is the other such case (``_set_wal``: several workers started together on a
+new database), so it is retried up to the busy timeout. Writes are idempotent upserts keyed
+by ``(domain, asin)``, so a batch done twice leaves the same rows.
 
 Why the statements are SQL written here and not sqlite-utils calls (``table.upsert``,
 ``table.create``, ``rows_where``): every statement of this class is also the PostgreSQL
@@ -188,11 +190,27 @@ class Storage(DealRows, StorageReads):
         return storage
 
     def _configure(self) -> None:
-        mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
+        mode = self._set_wal()
+        if mode.lower() != "wal":
             log.warning("database %s: journal mode is %s, not WAL", self.path, mode)
         self.conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         self.conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _set_wal(self) -> str:
+        """``PRAGMA journal_mode=WAL``, the mode it left. Switching a new file needs its
+        exclusive lock, and SQLite answers "database is locked" at once, without the busy
+        handler, while another connection holds any lock on it: retried until
+        ``BUSY_TIMEOUT_S``, as a busy handler would."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        delay = 0.005
+        while True:
+            try:
+                return str(self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(2 * delay, 0.1)
 
     def _migrate(self, now: float) -> None:
         with self._write():
