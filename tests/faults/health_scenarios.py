@@ -7,7 +7,8 @@ Each scenario checks, against a fleet of real processes (``tests/fleet.py``):
   fault was seen: nothing new is bought while the result cannot be kept or Keepa refuses;
 * nothing paid for is lost: every ASIN ever queued is a deal, a rejection or still queued,
   and the database is sound (``Fleet.check_invariants``: balance never below -max_deficit);
-* status names the fault within ``NAME_BOUND_S`` of it beginning;
+* status names the fault within ``NAME_BOUND_S`` of it beginning (a storage fault: for
+  every worker, each given new rows to write first, ``every_worker_busy``);
 * the fleet recovers by itself within ``RECOVER_BOUND_S`` of the fault ending: health ok and
   tokens spent again;
 * one log line at each edge: a worker says "<what>: <state> began" at most once per fault
@@ -25,9 +26,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import requests
 from faults import scenarios
 from fleet import Fleet
 from support import Processes, fleet_command, wait_until
+
+from common.storage import Storage
+
+DOMAIN = 1  # the fleet's (the default keepa.domain)
 
 NAME_BOUND_S = 5.0
 RECOVER_BOUND_S = 5.0
@@ -36,6 +42,8 @@ RECHECK_MAX_S = 1.0
 ROLES = ("all", "all")
 HEALTH_ENV = {"FLEET_BROKER_RECHECK_MAX_S": str(RECHECK_MAX_S)}
 MAX_LINES_DURING_FAULT = 4  # per worker: the edges, a give-back; never one per retry
+BACKLOG = 800  # candidates queued before a storage fault: every worker is writing new rows
+BUSY_BOUND_S = 15.0  # every worker spending on that backlog
 Figures = dict[str, Any]
 
 
@@ -117,6 +125,46 @@ def wait_named(fleet: Fleet, problem: str, *, every_worker: bool = False) -> flo
     return time.monotonic() - t0
 
 
+def unseen_asins(fleet: Fleet, n: int) -> list[str]:
+    """``n`` catalog ASINs the fleet has never seen (so each becomes new rows)."""
+    seen = {row[0] for row in fleet.query("select asin from seen")}
+    out: list[str] = []
+    offset = 0
+    while len(out) < n:
+        resp = requests.get(
+            f"{fleet.sim_url}/_sim/catalog", params={"offset": offset, "limit": 1000}, timeout=5
+        )
+        resp.raise_for_status()
+        page = resp.json()["asins"]
+        assert page, f"the catalog has fewer than {n} ASINs the fleet has not seen"
+        out += [a for a in page if a not in seen][: n - len(out)]
+        offset += len(page)
+    return out
+
+
+def every_worker_busy(fleet: Fleet) -> None:
+    """Queue BACKLOG new candidates and wait until every worker spends on them: the storage
+    fault then meets each worker writing new rows. (A full disk still takes writes that fit
+    in the file's free space: an idle worker, or one only updating rows, does not hit it,
+    and cannot say it. Found by a random test order that ran this after the fleet had
+    caught up with the feed.)"""
+    spent0 = {w: (scenarios.entry(fleet, w) or {}).get("tokens_spent", 0) for w in fleet.workers}
+    with Storage.open(fleet.db) as storage:
+        queued = storage.add_candidates(
+            DOMAIN, unseen_asins(fleet, BACKLOG), source="test", now=time.time()
+        )
+    assert queued == BACKLOG, queued
+    wait_until(
+        lambda: all(
+            (scenarios.entry(fleet, w) or {}).get("tokens_spent", 0) > spent0[w]
+            for w in fleet.workers
+        ),
+        BUSY_BOUND_S,
+        interval=0.05,
+        message=lambda: f"every worker spending on the backlog (before: {spent0})",
+    )
+
+
 def bound_at(fleet: Fleet) -> tuple[int, int]:
     """(tokens granted and in flight, tokens consumed at the simulator): read in that order,
     so a call in flight across the two reads is counted twice (the safe side), never not."""
@@ -172,6 +220,7 @@ def storage_fault(fleet: Fleet, mode: str, problem: str) -> Figures:
     SQLITE_READONLY; the test-only fault of ``workers.storage_gate``), then takes them again.
     Held results land; nothing is bought while they cannot be kept."""
     flag = storage_flag(fleet)
+    every_worker_busy(fleet)
     logs0 = worker_logs(fleet)
     broker0 = fleet.processes.log("broker")
     flag.write_text(mode)
