@@ -290,19 +290,24 @@ def test_workers_started_together_all_open_a_new_database(tmp_path: Path) -> Non
             ctx.Process(target=_open_at_the_barrier, args=(path, barrier, out))
             for _ in range(openers)
         ]
-        for p in procs:
-            p.start()
-        try:
-            errors += [e for e in (out.get(timeout=60) for _ in procs) if e is not None]
-        finally:
-            for p in procs:
-                p.join(timeout=20)
-                if p.is_alive():
-                    p.kill()
-                    p.join(timeout=5)
+        errors += [e for e in _run_all(procs, out) if e is not None]
         if errors:
             break
     assert errors == []
+
+
+def _run_all(procs: list[Any], out: Any) -> list[Any]:
+    """Start ``procs``, collect one result each from ``out``, and join (or kill) them all."""
+    for p in procs:
+        p.start()
+    try:
+        return [out.get(timeout=60) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=20)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
 
 
 def test_two_processes_claiming_concurrently_never_share(tmp_path: Path) -> None:
@@ -316,16 +321,7 @@ def test_two_processes_claiming_concurrently_never_share(tmp_path: Path) -> None
     procs = [
         ctx.Process(target=_claim_until_empty, args=(path, o, barrier, out)) for o in ("a", "b")
     ]
-    for p in procs:
-        p.start()
-    try:
-        results = [out.get(timeout=60) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(timeout=20)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=5)
+    results = _run_all(procs, out)
     got = {owner: claimed for owner, claimed, _ in results}
     assert [err for _, _, err in results] == [None, None]
     assert got["a"] and got["b"], "both claimers got work"
