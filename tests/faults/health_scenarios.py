@@ -31,9 +31,10 @@ from faults import scenarios
 from fleet import Fleet
 from support import Processes, fleet_command, wait_until
 
+from common.config import KeepaSettings
 from common.storage import Storage
 
-DOMAIN = 1  # the fleet's (the default keepa.domain)
+DOMAIN = KeepaSettings().domain  # the fleet's
 
 NAME_BOUND_S = 5.0
 RECOVER_BOUND_S = 5.0
@@ -142,23 +143,33 @@ def unseen_asins(fleet: Fleet, n: int) -> list[str]:
     return out
 
 
+def spent_by_worker(fleet: Fleet) -> dict[str, int]:
+    """Tokens spent by each worker's current process, from one STATUS (0: not live)."""
+    live = {
+        w["id"]: int(w.get("tokens_spent", 0))
+        for w in scenarios.state(fleet)["workers"]
+        if w["id"] in fleet.workers
+        and w["pid"] == fleet.workers[w["id"]].pid
+        and w["state"] in scenarios.LIVE
+    }
+    return {w: live.get(w, 0) for w in fleet.workers}
+
+
 def every_worker_busy(fleet: Fleet) -> None:
     """Queue BACKLOG new candidates and wait until every worker spends on them: the storage
     fault then meets each worker writing new rows. (A full disk still takes writes that fit
     in the file's free space: an idle worker, or one only updating rows, does not hit it,
     and cannot say it. Found by a random test order that ran this after the fleet had
     caught up with the feed.)"""
-    spent0 = {w: (scenarios.entry(fleet, w) or {}).get("tokens_spent", 0) for w in fleet.workers}
+    spent0 = spent_by_worker(fleet)
     with Storage.open(fleet.db) as storage:
         queued = storage.add_candidates(
             DOMAIN, unseen_asins(fleet, BACKLOG), source="test", now=time.time()
         )
-    assert queued == BACKLOG, queued
+    # Most, not all: the deal feed may have queued one of them since ``seen`` was read.
+    assert queued >= BACKLOG * 9 // 10, f"{queued} of {BACKLOG} new candidates queued"
     wait_until(
-        lambda: all(
-            (scenarios.entry(fleet, w) or {}).get("tokens_spent", 0) > spent0[w]
-            for w in fleet.workers
-        ),
+        lambda: all(n > spent0[w] for w, n in spent_by_worker(fleet).items()),
         BUSY_BOUND_S,
         interval=0.05,
         message=lambda: f"every worker spending on the backlog (before: {spent0})",
